@@ -1,0 +1,67 @@
+"""Length bookkeeping shared by every backend: validation, step masks, per-sequence reversal.
+
+Tensors here are time-major: T time steps, B sequences, ``*`` any trailing feature dims.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["check_lengths", "step_mask", "reverse_padded", "gather_last"]
+
+
+def check_lengths(lengths, batch_size: int, max_len: int, device: torch.device) -> torch.Tensor:
+    """Validate ``lengths`` against a padded batch and return it as an int64 tensor on ``device``.
+
+    Accepts a 1-D tensor (any device) or a sequence of ints, in any order. Raises ``ValueError``
+    with the offending value for anything else.
+    """
+    if not isinstance(lengths, torch.Tensor):
+        try:
+            lengths = torch.as_tensor(lengths)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"lengths must be a 1-D integer tensor, got {type(lengths).__name__}") from err
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
+    if lengths.dim() != 1:
+        raise ValueError(f"lengths must be 1-D, got shape {tuple(lengths.shape)}")
+    if lengths.numel() != batch_size:
+        raise ValueError(f"lengths has {lengths.numel()} entries but the batch has {batch_size} sequences")
+    lengths = lengths.to(device=device, dtype=torch.long)
+    if batch_size:
+        low, high = int(lengths.min()), int(lengths.max())
+        if low < 0:
+            raise ValueError(f"lengths must be >= 0, got {low}")
+        if high > max_len:
+            raise ValueError(f"lengths must be <= the padded length {max_len}, got {high}")
+    return lengths
+
+
+def step_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(T, B) bool mask, True where step t is a real step of sequence b (t < lengths[b])."""
+    steps = torch.arange(max_len, device=lengths.device)  # (T,)
+    return steps[:, None] < lengths[None, :]  # (T, B)
+
+
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each sequence of ``x`` (T, B, *) within its own length; padding stays in place.
+
+    This is what makes the backward direction of a bidirectional layer start at each sequence's
+    own last element rather than at the padding. It is its own inverse.
+    """
+    T, B = x.shape[:2]
+    steps = torch.arange(T, device=x.device)[:, None]  # (T, 1)
+    index = torch.where(steps < lengths, lengths - 1 - steps, steps)  # (T, B)
+    index = index.view(T, B, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(0, index)
+
+
+def gather_last(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(B, *) rows of ``x`` (T, B, *) at each sequence's last real step, ``lengths - 1``.
+
+    Sequences of length 0 get step 0; callers substitute the initial state for them.
+    """
+    T, B = x.shape[:2]
+    index = (lengths - 1).clamp(min=0).view(1, B, *([1] * (x.dim() - 2)))
+    index = index.expand(1, B, *x.shape[2:])
+    return x.gather(0, index).squeeze(0)
