@@ -21,6 +21,8 @@ def check_lengths(lengths, batch_size: int, max_len: int, device: torch.device) 
             lengths = torch.as_tensor(lengths)
         except (TypeError, ValueError) as err:
             raise ValueError(f"lengths must be a 1-D integer tensor, got {type(lengths).__name__}") from err
+        if lengths.numel() == 0:  # torch.as_tensor([]) is float32, yet no lengths is a valid (empty) batch
+            lengths = lengths.long()
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
         raise ValueError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
     if lengths.dim() != 1:
