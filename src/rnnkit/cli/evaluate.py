@@ -1,0 +1,60 @@
+"""``rnnkit evaluate``: score a trained run on a split of a dataset."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rnnkit.cli._errors import CLIError
+from rnnkit.cli._rundir import check_labels, load_run, read_dialogues, resolve_format, score, write_json
+from rnnkit.erc.data import FORMATS, SPLITS, metric_name
+
+__all__ = ["add_parser", "run"]
+
+EXAMPLES = """examples:
+  rnnkit evaluate --run runs/builtin/full                       # the run's own data, test split
+  rnnkit evaluate --run runs/meld --data data/meld --split dev --output dev_metrics.json
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "evaluate", help="score a trained run on a dataset split",
+        description="Score a trained run on one split: weighted F1 and accuracy (percent), micro F1\n"
+        "without the neutral class for DailyDialog, and a per-class report.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="a directory written by 'rnnkit train'")
+    parser.add_argument("--data", metavar="DIR", help="dataset directory (default: the data the run was trained on)")
+    parser.add_argument("--format", choices=FORMATS, help="dataset format (default: detected from --data)")
+    parser.add_argument("--split", choices=SPLITS, default="test", help="split to score (default: test)")
+    parser.add_argument("--output", metavar="FILE", help="also write the metrics as JSON to FILE")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.output is not None and Path(args.output).is_dir():
+        raise CLIError(f"{args.output}: is a directory; --output must name a file")
+    loaded = load_run(args.run)
+    if args.data is None and args.format is None:
+        source, format, limit = loaded.data, loaded.format, loaded.limit
+    else:
+        source, format, limit = args.data, resolve_format(args.data, args.format), None
+    dialogues = read_dialogues(source, format, args.split, limit)
+    where = f"{source or 'built-in corpus'} ({args.split} split)"
+    check_labels(dialogues, loaded.labels, where)
+    loaded.model.encoder.prepare(dialogues, args.split)
+    metrics = score(loaded.model, dialogues, loaded.labels, format)
+    monitor = metric_name(format)
+    print(f"{where}: {monitor} {metrics[monitor]:.2f}, accuracy {metrics['accuracy']:.2f}")
+    width = max(map(len, loaded.labels)) + 2
+    print(f"{'label':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
+    for label in loaded.labels:
+        row = metrics["report"][label]
+        print(f"{label:<{width}}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['f1-score']:>10.3f}"
+              f"{int(row['support']):>10d}")
+    if args.output is not None:
+        write_json(Path(args.output), {"run": str(args.run), "data": source, "format": format,
+                                       "split": args.split, **metrics})
+    return 0

@@ -1,0 +1,273 @@
+"""``rnnkit train``: train a speaker-aware ERC model (or the ablation trio) into a run directory.
+
+Every model flag sets the ERCConfig field of the same name and every optimisation flag the
+TrainerConfig field; a flag left out keeps the dataclass default. ``--resume`` takes all settings from
+the run's config.json (only --epochs, --device and --quiet may be given) and continues from the last
+checkpoint. Under ``torchrun`` the processes share the training dialogues; rank 0 writes every file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch.distributed as dist
+
+from rnnkit.cli._errors import CLIError
+from rnnkit.cli._plots import confusion_png, curves_png
+from rnnkit.cli._rundir import (
+    CONFIG_FILE, CONFUSION_PNG, CURVES_PNG, METRICS_FILE, check_labels, erc_loss, read_dialogues, read_json,
+    resolve_format, score, write_json,
+)
+from rnnkit.erc.data import FORMATS, SPLITS, Dialogue, label_set, metric_name
+from rnnkit.erc.encoders import build_encoder, load_encoder
+from rnnkit.erc.model import ERCConfig, ERCModel, collate_dialogues
+from rnnkit.erc.training import (
+    CHECKPOINT_DIR, STATE_FILE, DistInfo, Trainer, TrainerConfig, atomic_write_bytes, init_distributed, seed_everything,
+)
+
+__all__ = ["add_parser", "run", "ABLATIONS"]
+
+# Variant name -> ERCConfig fields it changes; the full model comes first.
+ABLATIONS = {"full": {}, "no_context": {"use_context": False}, "no_speaker": {"use_speaker": False}}
+# Flags that --resume accepts; every other setting comes from the run's config.json.
+_RESUMABLE = ("epochs", "device", "quiet")
+
+_MODEL_FLAGS = ("encoder", "embedding_dim", "encoder_hidden", "context_hidden", "speaker_hidden", "num_layers",
+                "dropout", "min_freq", "max_tokens", "cache_dir")
+_TRAINER_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "seed", "device")
+
+EXAMPLES = """examples:
+  rnnkit train --ablation --out runs/builtin            # built-in corpus: full / no_context / no_speaker
+  rnnkit train --data data/meld --encoder minilm --out runs/meld --epochs 20
+  rnnkit train --data data/dd --format dailydialog --no-context --out runs/dd
+  rnnkit train --resume --out runs/meld                 # continue an interrupted run
+  torchrun --nproc_per_node 2 -m rnnkit.cli train --out runs/ddp
+"""
+
+
+def _default(cls, name: str):
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "train", help="train a model into a run directory",
+        description="Train a speaker-aware ERC model (or the ablation trio) into a run directory.\n"
+        "Model flags set the ERCConfig field of the same name, training flags the TrainerConfig field;\n"
+        "a flag left out keeps the default. --resume takes every setting from the run's config.json.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", metavar="DIR", help="dataset directory (default: the built-in synthetic corpus)")
+    data.add_argument("--format", choices=FORMATS, help="dataset format (default: detected from --data)")
+    data.add_argument("--limit", type=int, metavar="N", help="use only the first N dialogues of each split")
+
+    model = parser.add_argument_group("model (ERCConfig fields)")
+    model.add_argument("--encoder", metavar="NAME", help="words | chars | minilm | a local Hugging Face model "
+                       f"directory | features:FILE (default: {_default(ERCConfig, 'encoder')})")
+    for name, kind in (("embedding_dim", int), ("encoder_hidden", int), ("context_hidden", int),
+                       ("speaker_hidden", int), ("num_layers", int), ("dropout", float), ("min_freq", int),
+                       ("max_tokens", int)):
+        model.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar=kind.__name__.upper(),
+                           help=f"(default: {_default(ERCConfig, name)})")
+    model.add_argument("--cache-dir", metavar="DIR", help="cache for transformer sentence vectors")
+    model.add_argument("--no-context", dest="use_context", action="store_false",
+                       help="drop the dialogue-context BiLSTM")
+    model.add_argument("--no-speaker", dest="use_speaker", action="store_false",
+                       help="drop the speaker-history fusion")
+
+    optim = parser.add_argument_group("training (TrainerConfig fields)")
+    for name, kind in (("epochs", int), ("batch_size", int), ("lr", float), ("weight_decay", float),
+                       ("grad_clip", float), ("seed", int)):
+        optim.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar=kind.__name__.upper(),
+                           help=f"(default: {_default(TrainerConfig, name)})")
+    optim.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    optim.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+    run_group = parser.add_argument_group("run")
+    run_group.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    run_group.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
+    run_group.add_argument("--ablation", action="store_true",
+                           help="train full, no_context and no_speaker variants into RUN_DIR/<variant>")
+    parser.set_defaults(func=run)
+    return parser
+
+
+@dataclass
+class _Data:
+    source: str | None  # dataset directory, None for the built-in corpus
+    format: str
+    limit: int | None
+    labels: list[str]
+    splits: dict[str, list[Dialogue]]
+
+
+@dataclass
+class _Plan:
+    """One model to train: its directory and settings; ``saved``: its config.json already exists (resuming)."""
+
+    directory: Path
+    model: ERCConfig
+    trainer: TrainerConfig
+    saved: bool
+
+
+def run(args: argparse.Namespace) -> int:
+    info = init_distributed()
+    given = vars(args)
+    out = Path(args.out)
+    variants = list(ABLATIONS) if given.get("ablation") else [None]
+    for directory in [out] + [out / v for v in variants if v is not None]:
+        if directory.exists() and not directory.is_dir():
+            raise CLIError(f"{directory}: exists and is not a directory; --out must name a run directory")
+    if given.get("ablation") and ({"use_context", "use_speaker"} & given.keys()):
+        raise CLIError("--ablation trains the no-context and no-speaker variants itself; "
+                       "drop --no-context/--no-speaker")
+    if given.get("resume"):
+        data, plans = _resume_plans(out, variants, given)
+    else:
+        data, plans = _fresh_plans(out, variants, given)
+    # Every rank has validated its input before rank 0 writes anything.
+    _barrier(info)
+    results = {}
+    for plan in plans:
+        results[plan.directory.name] = _train_one(plan, data, info)
+    if info.is_main:
+        _report(results, data.format, ablation=variants != [None])
+    return 0
+
+
+def _fresh_plans(out: Path, variants, given) -> tuple[_Data, list[_Plan]]:
+    for variant in variants:
+        directory = out if variant is None else out / variant
+        if (directory / CONFIG_FILE).exists() or (directory / CHECKPOINT_DIR).exists():
+            raise CLIError(f"{directory}: already holds a run; pass --resume to continue it or choose another --out")
+    data = _read_data(given.get("data"), given.get("format"), given.get("limit"))
+    trainer = _config(TrainerConfig, {k: given[k] for k in _TRAINER_FLAGS + ("quiet",) if k in given})
+    fields = {k: given[k] for k in _MODEL_FLAGS + ("use_context", "use_speaker") if k in given}
+    plans = []
+    for variant in variants:
+        model = _config(ERCConfig, {"num_labels": len(data.labels), **fields, **ABLATIONS.get(variant, {})})
+        plans.append(_Plan(out if variant is None else out / variant, model, trainer, False))
+    return data, plans
+
+
+def _resume_plans(out: Path, variants, given) -> tuple[_Data, list[_Plan]]:
+    fixed = sorted(set(given) - set(_RESUMABLE) - {"command", "func", "out", "resume", "ablation"})
+    if fixed:
+        flags = ", ".join("--" + name.replace("_", "-").replace("use-", "no-") for name in fixed)
+        raise CLIError(f"{flags}: cannot change when resuming; {out} keeps the settings in its {CONFIG_FILE}")
+    first = out if variants == [None] else out / variants[0]
+    if not (first / CONFIG_FILE).is_file():
+        raise CLIError(f"{first}: no {CONFIG_FILE} to resume from" +
+                       ("" if variants == [None] else " (was it trained with --ablation?)"))
+    base = _read_config(first / CONFIG_FILE)
+    data = _read_data(base["data"], base["format"], base["limit"])
+    if data.labels != base["labels"]:
+        raise CLIError(f"{first / CONFIG_FILE}: the data now has labels {data.labels}, the run has {base['labels']}")
+    overrides = {"quiet": False} | {k: given[k] for k in _RESUMABLE if k in given}
+    plans = []
+    for variant in variants:
+        directory = out if variant is None else out / variant
+        saved = _read_config(directory / CONFIG_FILE) if (directory / CONFIG_FILE).is_file() else None
+        source = saved or base
+        model = _config(ERCConfig, {**source["model"], **ABLATIONS.get(variant, {})})
+        trainer = _config(TrainerConfig, {**source["trainer"], **overrides})
+        plans.append(_Plan(directory, model, trainer, saved is not None))
+    return data, plans
+
+
+def _read_config(path: Path) -> dict:
+    saved = read_json(path)
+    missing = [key for key in ("data", "format", "limit", "labels", "model", "trainer") if key not in saved]
+    if missing:
+        raise CLIError(f"{path}: not a run configuration (no {', '.join(map(repr, missing))})")
+    return saved
+
+
+def _config(cls, fields: dict):
+    try:
+        return cls(**fields)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+
+
+def _read_data(source: str | None, format: str | None, limit: int | None) -> _Data:
+    if limit is not None and limit < 1:
+        raise CLIError(f"--limit must be an integer >= 1, got {limit}")
+    format = resolve_format(source, format)
+    splits = {split: read_dialogues(source, format, split, limit) for split in SPLITS}
+    labels = label_set(format, splits["train"])
+    for split in ("dev", "test"):
+        check_labels(splits[split], labels, f"{source or 'built-in corpus'} ({split} split)")
+    return _Data(source, format, limit, labels, splits)
+
+
+def _barrier(info: DistInfo) -> None:
+    if info.world_size > 1:
+        dist.barrier()
+
+
+def _train_one(plan: _Plan, data: _Data, info: DistInfo) -> dict:
+    trainer_config = plan.trainer
+    # A run stopped before its first checkpoint starts over, with the encoder it saved.
+    resume = plan.saved and (plan.directory / CHECKPOINT_DIR / STATE_FILE).is_file()
+    seed_everything(trainer_config.seed)
+    if plan.saved:
+        encoder = load_encoder(plan.model, plan.directory)
+    else:
+        encoder = build_encoder(plan.model, data.splits["train"])
+    for split in ("dev", "test"):
+        encoder.prepare(data.splits[split], split)
+    model = ERCModel(plan.model, encoder)
+    label_index = {label: i for i, label in enumerate(data.labels)}
+    monitor = metric_name(data.format)
+    if info.is_main:
+        if not plan.saved:
+            try:
+                plan.directory.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise CLIError(f"{plan.directory}: cannot create the run directory ({err.strerror})") from None
+            encoder.save(plan.directory)
+        # Rewritten on resume too: --epochs may have grown.
+        write_json(plan.directory / CONFIG_FILE, {
+            "data": data.source, "format": data.format, "limit": data.limit, "labels": data.labels,
+            "model": plan.model.to_dict(), "trainer": dataclasses.asdict(trainer_config),
+        })
+
+    def evaluate(m):
+        scores = score(m, data.splits["dev"], data.labels, data.format)
+        return {k: v for k, v in scores.items() if isinstance(v, float)}
+
+    trainer = Trainer(model, data.splits["train"], lambda items: collate_dialogues(items, encoder, label_index),
+                      erc_loss, evaluate, monitor, trainer_config, plan.directory)
+    result = trainer.fit(resume=resume)
+    if not info.is_main:
+        return {}
+    metrics = {
+        "format": data.format, "monitor": monitor, "best_epoch": result.best_epoch,
+        "dev": score(model, data.splits["dev"], data.labels, data.format),
+        "test": score(model, data.splits["test"], data.labels, data.format),
+        "history": result.history,
+    }
+    write_json(plan.directory / METRICS_FILE, metrics)
+    atomic_write_bytes(plan.directory / CONFUSION_PNG,
+                       confusion_png(metrics["test"]["confusion"], data.labels, f"test confusion ({plan.directory.name})"))
+    atomic_write_bytes(plan.directory / CURVES_PNG, curves_png(result.history, monitor, result.best_epoch))
+    return metrics
+
+
+def _report(results: dict[str, dict], format: str, *, ablation: bool) -> None:
+    monitor = metric_name(format)
+    if not ablation:
+        (name, metrics), = results.items()
+        print(f"best epoch {metrics['best_epoch']}: dev {monitor} {metrics['dev'][monitor]:.2f}, "
+              f"test {monitor} {metrics['test'][monitor]:.2f}, test accuracy {metrics['test']['accuracy']:.2f}")
+        return
+    width = max(map(len, results)) + 2
+    print(f"{'variant':<{width}}{'dev ' + monitor:>22}{'test ' + monitor:>22}")
+    for name, metrics in results.items():
+        print(f"{name:<{width}}{metrics['dev'][monitor]:>22.2f}{metrics['test'][monitor]:>22.2f}")

@@ -1,0 +1,409 @@
+"""A model-agnostic training loop: AdamW, gradient clipping, best-epoch selection, resumable checkpoints.
+
+The trainer knows nothing about dialogues or emotions. The task plugs in three functions:
+
+- ``collate(items) -> batch``: turns a list of training items into one batch (moved to the device here);
+- ``loss_fn(model, batch) -> loss``: a scalar tensor to minimise;
+- ``evaluate(model) -> {name: score}``: dev scores after each epoch; ``monitor`` names the one to maximise.
+
+Determinism: the batch order of epoch ``e`` is a permutation drawn from a generator seeded with
+``(seed, e)`` alone, and every RNG state (torch, numpy, random) is saved with each checkpoint, so a run
+resumed from epoch ``k`` replays epochs ``k + 1 ...`` exactly as an uninterrupted run would.
+
+Checkpoints (when ``out_dir`` is given) are written after every epoch, each file atomically (a temporary
+file in the same directory, then ``os.replace``)::
+
+    out_dir/model.safetensors                 weights of the best epoch so far (what inference loads)
+    out_dir/checkpoint/epoch-K.safetensors    weights after epoch K (kept: the last and the best epoch)
+    out_dir/checkpoint/trainer_state.pt       optimizer, RNG states, history; names the two weight files
+
+``trainer_state.pt`` is written last and is the commit point: a run interrupted between two writes
+resumes from the previous complete epoch.
+
+Multi-process training: under ``torchrun`` call :func:`init_distributed` first; the trainer then wraps
+the model in ``DistributedDataParallel``, gives each rank an equal share of every epoch's permutation
+(as ``DistributedSampler`` does), evaluates on rank 0 and broadcasts the scores, and only rank 0 writes
+files or draws progress bars.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+import random
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+__all__ = [
+    "TrainerConfig",
+    "Trainer",
+    "TrainResult",
+    "DistInfo",
+    "CheckpointError",
+    "init_distributed",
+    "dist_info",
+    "seed_everything",
+    "atomic_write_bytes",
+    "save_weights",
+    "load_weights",
+    "CHECKPOINT_DIR",
+    "WEIGHTS_FILE",
+    "STATE_FILE",
+]
+
+WEIGHTS_FILE = "model.safetensors"
+CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "trainer_state.pt"
+
+
+# TrainerConfig fields a resumed run must share with the checkpoint to replay the same epochs.
+_REPLAY_FIELDS = ("batch_size", "lr", "weight_decay", "grad_clip", "seed")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be resumed (missing, incomplete, or from another configuration)."""
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation settings. ``grad_clip = 0`` disables clipping; ``device = "auto"`` picks CUDA when present.
+
+    The defaults train the ERC ablation trio on the built-in corpus in about two minutes on two CPU cores.
+    """
+
+    epochs: int = 6
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TrainerConfig.{name} must be an integer >= 1, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"TrainerConfig.lr must be a finite number > 0, got {self.lr!r}")
+        for name in ("weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"TrainerConfig.{name} must be a finite number >= 0, got {value!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"TrainerConfig.seed must be an integer >= 0, got {self.seed!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError) as err:
+                raise ValueError(f"TrainerConfig.device must be 'auto' or a torch device, got {self.device!r}") from err
+
+
+class TrainResult(NamedTuple):
+    """What :meth:`Trainer.fit` returns. ``history`` has one dict per epoch: epoch, train_loss and the dev scores."""
+
+    best_epoch: int
+    best_score: float
+    history: list[dict[str, float]]
+
+
+class DistInfo(NamedTuple):
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_info() -> DistInfo:
+    """Rank, world size and local rank of this process; ``(0, 1, 0)`` outside ``torch.distributed``."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return DistInfo(0, 1, 0)
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group when launched by ``torchrun`` (its ``RANK``/``WORLD_SIZE`` variables are set).
+
+    Uses NCCL with one GPU per local rank when CUDA is available, gloo on CPU. A no-op otherwise or when
+    the group already exists.
+    """
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and dist.is_available() and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist_info()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's ``random``, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one.
+
+    The bytes go to a temporary file in the same directory (same filesystem, so the rename is atomic),
+    are flushed to disk, then the temporary file replaces ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        umask = os.umask(0)  # mkstemp creates the file 0600; give it the mode a plain open() would
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_weights(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, **metadata: str) -> None:
+    """Atomically save a state dict as safetensors (tensors copied to contiguous CPU memory)."""
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in state_dict.items()}
+    atomic_write_bytes(path, save_safetensors(tensors, metadata=metadata or None))
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load safetensors weights into ``model`` (strict: names and shapes must match)."""
+    tensors = load_safetensors(Path(path).read_bytes())
+    model.load_state_dict(tensors, strict=True)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor) or hasattr(batch, "to"):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _rng_state() -> dict[str, Any]:
+    # numpy's key array becomes a tensor so that the state file loads with torch.load(weights_only=True).
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+@dataclass
+class Trainer:
+    """Train ``model`` on ``train_items`` and keep the epoch with the highest dev ``monitor`` score.
+
+    ``evaluate`` runs on the unwrapped model in eval mode under ``torch.no_grad()``. With ``out_dir`` set,
+    a checkpoint is written after every epoch and ``fit(resume=True)`` continues from the last one.
+    """
+
+    model: nn.Module
+    train_items: Sequence[Any]
+    collate: Callable[[list[Any]], Any]
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor]
+    evaluate: Callable[[nn.Module], Mapping[str, float]]
+    monitor: str
+    config: TrainerConfig = field(default_factory=TrainerConfig)
+    out_dir: str | os.PathLike | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.train_items) == 0:
+            raise ValueError("Trainer.train_items is empty: nothing to train on")
+        self.ranks = dist_info()
+        self.device = self._resolve_device()
+        self.model.to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
+        )
+        if self.ranks.world_size > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.wrapped: nn.Module = DistributedDataParallel(self.model, device_ids=device_ids)
+        else:
+            self.wrapped = self.model
+
+    def _resolve_device(self) -> torch.device:
+        if self.config.device != "auto":
+            return torch.device(self.config.device)
+        if torch.cuda.is_available():
+            return torch.device("cuda", self.ranks.local_rank)
+        return torch.device("cpu")
+
+    # ----------------------------------------------------------------------------------------------
+    def fit(self, *, resume: bool = False) -> TrainResult:
+        """Run the remaining epochs (all of them, or those after the checkpoint when ``resume``)."""
+        cfg = self.config
+        history: list[dict[str, float]] = []
+        best_epoch, best_score, best_state = 0, -math.inf, None
+        start = 0
+        if resume:
+            start, history, best_epoch, best_score, best_state = self._load_checkpoint()
+        else:
+            # Each rank draws its own dropout masks; rank 0 of a single-process run uses ``seed`` itself.
+            seed_everything(cfg.seed + self.ranks.rank)
+
+        for epoch in range(start + 1, cfg.epochs + 1):
+            train_loss = self._train_epoch(epoch)
+            scores = self._evaluate()
+            if self.monitor not in scores:
+                raise KeyError(f"evaluate() returned {sorted(scores)}, which lacks the monitored score {self.monitor!r}")
+            history.append({"epoch": epoch, "train_loss": train_loss, **scores})
+            if best_state is None or scores[self.monitor] > best_score:
+                best_epoch, best_score = epoch, float(scores[self.monitor])
+                best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self._save_checkpoint(epoch, history, best_epoch, best_score, best_state)
+            self._log(
+                f"epoch {epoch}/{cfg.epochs}  train loss {train_loss:.4f}  dev {self.monitor} "
+                f"{scores[self.monitor]:.2f}  (best {best_score:.2f} @ {best_epoch})"
+            )
+
+        self.model.load_state_dict(best_state)
+        if self.out_dir is not None and self.ranks.is_main:
+            save_weights(best_state, Path(self.out_dir) / WEIGHTS_FILE, epoch=str(best_epoch))
+        return TrainResult(best_epoch, best_score, history)
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        """This rank's share of epoch ``epoch``'s permutation, padded so every rank takes as many steps."""
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.train_items), generator=generator).tolist()
+        world = self.ranks.world_size
+        if world > 1:
+            order += order[: (-len(order)) % world]
+            order = order[self.ranks.rank :: world]
+        return order
+
+    def _train_epoch(self, epoch: int) -> float:
+        cfg = self.config
+        self.wrapped.train()
+        order = self._epoch_order(epoch)
+        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        show = not cfg.quiet and self.ranks.is_main and sys.stderr.isatty()
+        losses = []  # detached, so the loop never waits for the device to report a number
+        for indices in tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, disable=not show):
+            batch = _to_device(self.collate([self.train_items[i] for i in indices]), self.device)
+            loss = self.loss_fn(self.wrapped, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            losses.append(loss.detach())
+        count = torch.tensor(float(len(losses)), dtype=torch.float64, device=self.device)
+        total = torch.stack([torch.stack(losses).double().sum(), count])  # (sum of batch losses, batches)
+        if self.ranks.world_size > 1:
+            dist.all_reduce(total)  # on the device: NCCL reduces CUDA tensors only
+        return float(total[0] / total[1])
+
+    def _evaluate(self) -> dict[str, float]:
+        """Dev scores from rank 0, shared with every rank so that all agree on the best epoch."""
+        scores = [None]
+        if self.ranks.is_main:
+            self.model.eval()
+            with torch.no_grad():
+                scores[0] = {k: float(v) for k, v in self.evaluate(self.model).items()}
+        if self.ranks.world_size > 1:
+            dist.broadcast_object_list(scores, src=0)
+        return scores[0]
+
+    def _log(self, message: str) -> None:
+        if not self.config.quiet and self.ranks.is_main:
+            tqdm.write(message, file=sys.stderr)
+
+    # ----------------------------------------------------------------------------------------------
+    def _save_checkpoint(self, epoch, history, best_epoch, best_score, best_state) -> None:
+        if self.out_dir is None:
+            return
+        rng = _rng_state()
+        if self.ranks.world_size > 1:
+            per_rank: list[Any] = [None] * self.ranks.world_size
+            dist.all_gather_object(per_rank, rng)
+        else:
+            per_rank = [rng]
+        if not self.ranks.is_main:
+            return
+        ckpt = Path(self.out_dir) / CHECKPOINT_DIR
+        last_name, best_name = f"epoch-{epoch}.safetensors", f"epoch-{best_epoch}.safetensors"
+        save_weights(self.model.state_dict(), ckpt / last_name, epoch=str(epoch))
+        if best_epoch == epoch:
+            save_weights(best_state, Path(self.out_dir) / WEIGHTS_FILE, epoch=str(epoch))
+        state = {
+            "epoch": epoch,
+            "last_weights": last_name,
+            "best_weights": best_name,
+            "best_epoch": best_epoch,
+            "best_score": best_score,
+            "history": history,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": per_rank,
+            "config": asdict(self.config),
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(ckpt / STATE_FILE, buffer.getvalue())
+        for stale in ckpt.glob("epoch-*.safetensors"):
+            if stale.name not in (last_name, best_name):
+                stale.unlink(missing_ok=True)
+
+    def _load_checkpoint(self):
+        if self.out_dir is None:
+            raise CheckpointError("resume needs an out_dir holding a checkpoint")
+        ckpt = Path(self.out_dir) / CHECKPOINT_DIR
+        state_path = ckpt / STATE_FILE
+        if not state_path.is_file():
+            raise CheckpointError(f"{state_path}: no checkpoint to resume from")
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except (RuntimeError, pickle.UnpicklingError, EOFError) as err:
+            raise CheckpointError(f"{state_path}: damaged checkpoint ({err})") from None
+        if len(state["rng"]) != self.ranks.world_size:
+            raise CheckpointError(
+                f"{state_path}: written by {len(state['rng'])} process(es), resumed with {self.ranks.world_size}"
+            )
+        changed = [k for k in _REPLAY_FIELDS if state["config"][k] != getattr(self.config, k)]
+        if changed:
+            was = ", ".join(f"{k}={state['config'][k]!r}" for k in changed)
+            raise CheckpointError(f"{state_path}: written with {was}; resuming needs the same settings")
+        if state["epoch"] > self.config.epochs:
+            raise CheckpointError(f"{state_path}: already at epoch {state['epoch']} > epochs={self.config.epochs}")
+        load_weights(self.model, ckpt / state["last_weights"])
+        best_state = load_safetensors((ckpt / state["best_weights"]).read_bytes())
+        self.optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"][self.ranks.rank])
+        return state["epoch"], state["history"], state["best_epoch"], state["best_score"], best_state

@@ -1,0 +1,348 @@
+"""Tests for the ``rnnkit`` command line (rnnkit.cli), driven through ``main(argv)``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from rnnkit.cli import main
+from rnnkit.erc.corpus import builtin_corpus
+from rnnkit.erc.data import Dialogue, Utterance, write_jsonl
+from rnnkit.erc.model import ERCConfig
+from rnnkit.erc.training import TrainerConfig
+
+# Tiny settings: every CLI training here takes a few seconds.
+SMALL = ["--limit", "8", "--embedding-dim", "8", "--encoder-hidden", "8", "--context-hidden", "8",
+         "--speaker-hidden", "8", "--batch-size", "4", "--quiet"]
+RUN_FILES = ("config.json", "encoder.json", "vocab.json", "model.safetensors", "metrics.json",
+             "confusion_matrix.png", "training_curve.png", "checkpoint/trainer_state.pt")
+
+
+def _train(out: Path, *extra: str, epochs: int = 2) -> int:
+    return main(["train", "--out", str(out), "--epochs", str(epochs), *SMALL, *extra])
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("rnnkit: error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert _train(out) == 0
+    return out
+
+
+@pytest.fixture
+def jsonl_data(tmp_path) -> Path:
+    """A tiny jsonl dataset cut from the built-in corpus."""
+    directory = tmp_path / "data"
+    directory.mkdir()
+    for split, n in (("train", 6), ("dev", 3), ("test", 3)):
+        write_jsonl(directory / f"{split}.jsonl", builtin_corpus(split)[:n])
+    return directory
+
+
+# -- train / evaluate / predict --------------------------------------------------------------------------------
+
+def test_train_writes_the_run_directory(run_dir, capsys):
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for split in ("dev", "test"):
+        for key in ("weighted_f1", "accuracy"):
+            assert 0 <= metrics[split][key] <= 100
+        assert set(metrics[split]["report"]) >= {"anger", "joy", "neutral", "sadness", "surprise"}
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    best = max(metrics["history"], key=lambda h: h["weighted_f1"])
+    assert metrics["best_epoch"] == best["epoch"] and metrics["dev"]["weighted_f1"] == best["weighted_f1"]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["format"] == "builtin" and config["labels"] == ["anger", "joy", "neutral", "sadness", "surprise"]
+    assert config["model"]["embedding_dim"] == 8 and config["trainer"]["epochs"] == 2
+    assert (run_dir / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_evaluate_reproduces_the_test_metrics(run_dir, tmp_path, capsys):
+    output = tmp_path / "eval.json"
+    assert main(["evaluate", "--run", str(run_dir), "--output", str(output)]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((run_dir / "metrics.json").read_text())["test"]
+    evaluated = json.loads(output.read_text())
+    for key in ("weighted_f1", "accuracy", "report", "confusion"):
+        assert evaluated[key] == saved[key], key
+    assert f"weighted_f1 {saved['weighted_f1']:.2f}" in printed
+
+
+def test_evaluate_on_a_jsonl_dataset(run_dir, jsonl_data, capsys):
+    assert main(["evaluate", "--run", str(run_dir), "--data", str(jsonl_data), "--split", "dev"]) == 0
+    out = capsys.readouterr().out
+    assert "dev split" in out and "accuracy" in out
+
+
+@pytest.mark.parametrize("to_file", [False, True])
+def test_predict_writes_one_line_per_utterance(run_dir, tmp_path, capsys, to_file):
+    dialogues = builtin_corpus("test")[:3]
+    unlabeled = [Dialogue(d.id, tuple(Utterance(u.speaker, u.text) for u in d.utterances)) for d in dialogues]
+    source = tmp_path / "input.jsonl"
+    write_jsonl(source, unlabeled)
+    argv = ["predict", "--run", str(run_dir), "--input", str(source)]
+    if to_file:
+        argv += ["--output", str(tmp_path / "pred.jsonl")]
+    assert main(argv) == 0
+    text = (tmp_path / "pred.jsonl").read_text() if to_file else capsys.readouterr().out
+    records = [json.loads(line) for line in text.splitlines()]
+    expected = [(d.id, k, u.speaker, u.text) for d in dialogues for k, u in enumerate(d.utterances)]
+    assert [(r["dialogue"], r["index"], r["speaker"], r["text"]) for r in records] == expected
+    for r in records:
+        assert math.isclose(sum(r["probabilities"].values()), 1.0, abs_tol=1e-5)
+        assert r["prediction"] == max(r["probabilities"], key=r["probabilities"].get)
+        assert "label" not in r
+
+
+def test_predict_reads_a_meld_csv(run_dir, tmp_path, capsys):
+    source = tmp_path / "talk.csv"
+    source.write_text("Utterance,Speaker,Dialogue_ID,Utterance_ID\nI am furious.,Ann,0,0\n\"So, the rent.\",Bob,0,1\n"
+                      "Thrilled!,Ann,1,0\n")
+    assert main(["predict", "--run", str(run_dir), "--input", str(source)]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["dialogue"], r["index"], r["speaker"]) for r in records] == [("0", 0, "Ann"), ("0", 1, "Bob"),
+                                                                             ("1", 0, "Ann")]
+
+
+def test_a_features_run_predicts_from_a_features_file(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for split in ("train", "dev", "test"):
+        rows = sum(len(d.utterances) for d in builtin_corpus(split)[:8])
+        np.save(tmp_path / f"{split}.npy", rng.standard_normal((rows, 6)).astype(np.float32))
+    run = tmp_path / "run"
+    assert _train(run, "--encoder", f"features:{tmp_path}/{{split}}.npy") == 0
+    dialogues = builtin_corpus("test")[:2]
+    write_jsonl(tmp_path / "input.jsonl", dialogues)
+    argv = ["predict", "--run", str(run), "--input", str(tmp_path / "input.jsonl")]
+    assert main(argv) == 2
+    assert "pass --features FILE" in _error_line(capsys)
+    rows = sum(len(d.utterances) for d in dialogues)
+    np.save(tmp_path / "input.npy", rng.standard_normal((rows, 6)).astype(np.float32))
+    assert main(argv + ["--features", str(tmp_path / "input.npy")]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == rows
+    np.save(tmp_path / "narrow.npy", rng.standard_normal((rows, 5)).astype(np.float32))
+    assert main(argv + ["--features", str(tmp_path / "narrow.npy")]) == 2
+    assert "narrow.npy: expected 6 columns" in _error_line(capsys)
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    assert _train(tmp_path / "a", "--seed", "5") == 0
+    assert _train(tmp_path / "b", "--seed", "5") == 0
+    a, b = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in "ab")
+    assert a == b
+    wa, wb = (load_file(tmp_path / name / "model.safetensors") for name in "ab")
+    assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+
+
+def test_resume_continues_to_the_uninterrupted_result(tmp_path):
+    assert _train(tmp_path / "full", epochs=3) == 0
+    assert _train(tmp_path / "split", epochs=2) == 0
+    assert main(["train", "--out", str(tmp_path / "split"), "--resume", "--epochs", "3", "--quiet"]) == 0
+    full, split = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("full", "split"))
+    assert split["history"] == full["history"] and split["test"] == full["test"]
+    assert json.loads((tmp_path / "split" / "config.json").read_text())["trainer"]["epochs"] == 3
+    for name in ("model.safetensors", "checkpoint/epoch-3.safetensors"):
+        wf, ws = load_file(tmp_path / "full" / name), load_file(tmp_path / "split" / name)
+        assert all((wf[k] == ws[k]).all() for k in wf), name
+
+
+def test_ablation_trains_three_variants_and_prints_a_table(tmp_path, capsys):
+    assert main(["train", "--ablation", "--out", str(tmp_path / "abl"), "--epochs", "1", *SMALL]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert rows[0].split() == ["variant", "dev", "weighted_f1", "test", "weighted_f1"]
+    for row, variant in zip(rows[1:], ("full", "no_context", "no_speaker")):
+        metrics = json.loads((tmp_path / "abl" / variant / "metrics.json").read_text())
+        assert row.split() == [variant, f"{metrics['dev']['weighted_f1']:.2f}", f"{metrics['test']['weighted_f1']:.2f}"]
+        config = json.loads((tmp_path / "abl" / variant / "config.json").read_text())["model"]
+        assert (config["use_context"], config["use_speaker"]) == (variant != "no_context", variant != "no_speaker")
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+def test_help_works_for_every_subcommand(command, capsys):
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: rnnkit {command}") and "examples:" in out
+
+
+def test_every_config_field_has_a_train_flag(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    fields = [f.name for f in dataclasses.fields(ERCConfig) if f.name != "num_labels"]
+    fields += [f.name for f in dataclasses.fields(TrainerConfig)]
+    flags = {"use_context": "--no-context", "use_speaker": "--no-speaker"}
+    for name in fields:
+        assert flags.get(name, "--" + name.replace("_", "-")) in out, name
+
+
+def test_torchrun_two_processes(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "rnnkit.cli", "train", "--out", str(out), "--epochs", "1", *SMALL, "--device", "cpu"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in RUN_FILES:
+        assert (out / name).is_file(), name
+    assert done.stdout.count("best epoch 1") == 1  # only rank 0 reports
+
+
+# -- bad input: one line on stderr, exit status 2, nothing lost ----------------------------------------------------
+
+_MELD_HEADER = "Utterance,Speaker,Emotion,Dialogue_ID,Utterance_ID\n"
+_MELD_ROWS = "Hi there.,Ann,joy,0,0\nHello.,Bob,neutral,0,1\nGo away!,Ann,anger,1,0\n"
+
+
+def _meld(tmp_path, *, train: str = _MELD_HEADER + _MELD_ROWS) -> Path:
+    directory = tmp_path / "meld"
+    directory.mkdir()
+    (directory / "train_sent_emo.csv").write_text(train)
+    for split in ("dev", "test"):
+        (directory / f"{split}_sent_emo.csv").write_text(_MELD_HEADER + _MELD_ROWS)
+    return directory
+
+
+def _jsonl(tmp_path, train_line: str | bytes) -> Path:
+    directory = tmp_path / "bad"
+    directory.mkdir()
+    good = builtin_corpus("train")[:2]
+    write_jsonl(directory / "train.jsonl", good)
+    with open(directory / "train.jsonl", "ab") as f:
+        f.write(train_line if isinstance(train_line, bytes) else train_line.encode())
+    for split in ("dev", "test"):
+        write_jsonl(directory / f"{split}.jsonl", good)
+    return directory
+
+
+def test_missing_column(tmp_path, capsys):
+    data = _meld(tmp_path, train="Utterance,Emotion,Dialogue_ID,Utterance_ID\nHi.,joy,0,0\n")
+    assert _train(tmp_path / "run", "--data", str(data)) == 2
+    line = _error_line(capsys)
+    assert "train_sent_emo.csv" in line and "'Speaker'" in line
+
+
+def test_unknown_label(tmp_path, capsys):
+    data = _meld(tmp_path, train=_MELD_HEADER + "Hi.,Ann,happy,0,0\n")
+    assert _train(tmp_path / "run", "--data", str(data)) == 2
+    line = _error_line(capsys)
+    assert "train_sent_emo.csv, line 2" in line and "'Emotion'" in line and "'happy'" in line
+
+
+def test_unknown_label_in_dev_of_a_jsonl_dataset(tmp_path, capsys):
+    data = _jsonl(tmp_path, "")
+    dev = [Dialogue("odd", (Utterance("Ann", "Hm.", "bored"),))]
+    write_jsonl(data / "dev.jsonl", dev)
+    assert _train(tmp_path / "run", "--data", str(data)) == 2
+    line = _error_line(capsys)
+    assert "dev split" in line and "'odd'" in line and "'label'" in line and "'bored'" in line
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ('{"id": "x", "utterances": [{"speaker": "Ann", "text": "  ", "label": "joy"}]}\n', "utterances[0].text"),
+        ('{"id": "x", "utterances": []}\n', "dialogue with no utterances"),
+        (b'{"id": "x", "utterances": [{"speaker": "Ann", "text": "caf\xe9", "label": "joy"}]}\n', "not valid UTF-8"),
+    ],
+    ids=["empty-text", "no-utterances", "non-utf8"],
+)
+def test_bad_jsonl_line(tmp_path, capsys, line, expected):
+    data = _jsonl(tmp_path, line)
+    assert _train(tmp_path / "run", "--data", str(data)) == 2
+    message = _error_line(capsys)
+    assert "train.jsonl, line 3" in message and expected in message
+
+
+@pytest.mark.parametrize("rows, cols, expected", [(99, 4, "expected 13 rows"), (None, 5, "expected 4 columns")],
+                         ids=["wrong-length", "wrong-width"])
+def test_features_file_of_the_wrong_shape(tmp_path, capsys, rows, cols, expected):
+    counts = {"train": 0, "dev": 0, "test": 0}
+    for split in counts:
+        counts[split] = sum(len(d.utterances) for d in builtin_corpus(split)[:8])
+    sizes = {"train": (counts["train"], 4), "dev": (counts["dev"], 4), "test": (rows or counts["test"], cols)}
+    for split, shape in sizes.items():
+        np.save(tmp_path / f"{split}.npy", np.zeros(shape, dtype=np.float32))
+    assert _train(tmp_path / "run", "--encoder", f"features:{tmp_path}/{{split}}.npy") == 2
+    message = _error_line(capsys)
+    expected = expected.replace("13", str(counts["test"]))
+    assert "test.npy" in message and expected in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_output_directory_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "taken").write_text("keep me")
+    assert _train(tmp_path / "taken") == 2
+    assert "taken: exists and is not a directory" in _error_line(capsys)
+    assert (tmp_path / "taken").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_missing_run_directory(tmp_path, capsys, command):
+    argv = [command, "--run", str(tmp_path / "nowhere")] + (["--input", "x.jsonl"] if command == "predict" else [])
+    assert main(argv) == 2
+    assert f"{tmp_path / 'nowhere'}: run directory not found" in _error_line(capsys)
+
+
+def test_a_damaged_run_directory(run_dir, tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for name in ("config.json", "encoder.json", "vocab.json"):
+        (damaged / name).write_bytes((run_dir / name).read_bytes())
+    argv = ["evaluate", "--run", str(damaged)]
+    assert main(argv) == 2
+    assert "not a run directory (no model.safetensors)" in _error_line(capsys)
+    (damaged / "model.safetensors").write_bytes(b"not weights")
+    assert main(argv) == 2
+    assert "model.safetensors: cannot load the weights" in _error_line(capsys)
+    (damaged / "config.json").write_text("{")
+    assert main(argv) == 2
+    assert "config.json: not valid JSON" in _error_line(capsys)
+
+
+def test_an_existing_run_is_never_clobbered(run_dir, tmp_path, capsys):
+    before = _snapshot(run_dir)
+    assert _train(run_dir) == 2
+    assert "already holds a run; pass --resume" in _error_line(capsys)
+    data = _meld(tmp_path, train=_MELD_HEADER + "Hi.,Ann,happy,0,0\n")
+    assert main(["train", "--out", str(run_dir), "--resume", "--data", str(data)]) == 2
+    assert "--data: cannot change when resuming" in _error_line(capsys)
+    assert _snapshot(run_dir) == before
+
+
+def test_bad_flag_values_are_one_line_errors(tmp_path, capsys):
+    assert _train(tmp_path / "run", "--dropout", "1.5") == 2
+    assert "ERCConfig.dropout must be a number in [0, 1), got 1.5" in _error_line(capsys)
+    assert _train(tmp_path / "run", "--lr", "-1") == 2
+    assert "TrainerConfig.lr must be a finite number > 0" in _error_line(capsys)
+    assert main(["train", "--out", str(tmp_path / "run"), "--epochs", "two"]) == 2
+    assert "--epochs: invalid int value: 'two'" in _error_line(capsys)
+    assert main(["train", "--out", str(tmp_path / "r2"), "--resume"]) == 2
+    assert "no config.json to resume from" in _error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_ablation_rejects_a_variant_flag(tmp_path, capsys):
+    assert main(["train", "--ablation", "--no-speaker", "--out", str(tmp_path / "x")]) == 2
+    assert "--ablation trains the no-context and no-speaker variants itself" in _error_line(capsys)
