@@ -13,11 +13,6 @@ from rnnkit._recurrence import gru_recurrence, layernorm_lstm_recurrence, lstm_r
 KINDS = ["lstm", "lstm_proj", "gru", "gru_nobias", "layernorm_lstm"]
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 # --- reference loops: plain autograd, state carried past each length by a mask ------------------
 
 
@@ -77,7 +72,10 @@ def ref_layernorm_lstm(xg, lengths, h0, c0, w_hh, ln_hh_weight, ln_hh_bias, ln_c
 def make_case(kind, T, B, H, lengths, dtype=torch.float64, P=None):
     """(function, reference, args) with every tensor argument a leaf that requires grad."""
     P = P or max(1, H // 2)
-    r = lambda *shape: torch.randn(*shape, dtype=dtype)  # noqa: E731
+
+    def r(*shape):
+        return torch.randn(*shape, dtype=dtype)
+
     if kind.startswith("lstm"):
         out = P if kind == "lstm_proj" else H
         w_hr = r(P, H) / H**0.5 if kind == "lstm_proj" else None
@@ -149,8 +147,7 @@ def test_all_lengths_zero_returns_initial_state(kind):
     fn, _, args = make_case(kind, 4, 3, 5, torch.zeros(3, dtype=torch.long))
     out, *state = fn(*args)
     assert out.abs().sum() == 0
-    state_args = [a for a in args[2:4] if isinstance(a, torch.Tensor) and a.dim() == 2 and a.shape[0] == 3]
-    for got, init in zip(state, state_args):
+    for got, init in zip(state, args[2 : 2 + len(state)]):  # h0 (and c0) follow xg and lengths
         torch.testing.assert_close(got, init, rtol=0, atol=0)
     assert_matches_reference(kind, T=4, B=3, H=5, lengths=torch.zeros(3, dtype=torch.long))
 
@@ -174,6 +171,29 @@ def test_double_backward_is_an_error(kind):
     (g,) = torch.autograd.grad(out.pow(2).sum(), args[0], create_graph=True)
     with pytest.raises(RuntimeError, match="differentiate twice"):
         g.sum().backward()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_loss_on_output_only_with_int32_lengths(kind):
+    """out.sum() alone: the output gradient arrives expanded, the final states' as zeros."""
+    fn, ref, args = make_case(kind, 6, 4, 3, torch.tensor([6, 2, 0, 4], dtype=torch.int32))
+    leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    got = torch.autograd.grad(fn(*args)[0].sum(), leaves)
+    want = torch.autograd.grad(ref(*args)[0].sum(), leaves)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_backward_twice_gives_the_same_gradients(kind):
+    """The backward must not overwrite what the forward saved."""
+    fn, _, args = make_case(kind, 5, 3, 4, torch.tensor([5, 1, 3]))
+    leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    loss = sum(o.pow(2).sum() for o in fn(*args))
+    first = torch.autograd.grad(loss, leaves, retain_graph=True)
+    second = torch.autograd.grad(loss, leaves)
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 @settings(max_examples=15, deadline=None)
