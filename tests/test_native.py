@@ -17,11 +17,6 @@ T, B, D, H = 7, 6, 5, 4
 LENGTHS = [7, 0, 3, 7, 1, 5]  # unsorted, with an empty and full-length sequences
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 def _module(mode, bidirectional, proj_size, dtype, num_layers=1):
     kwargs = {"proj_size": proj_size} if proj_size else {}
     cls = nn.LSTM if mode == "LSTM" else nn.GRU

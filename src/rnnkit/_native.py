@@ -41,7 +41,7 @@ __all__ = ["run_layer", "run_stack"]
 
 _GATES = {"LSTM": 4, "GRU": 3}
 # Large enough that sigmoid(BIG + any real pre-activation) rounds to exactly 1.0 (and
-# sigmoid(-BIG + ...) to exactly 0.0) in float16, float32 and float64.
+# sigmoid(-BIG + ...) to exactly 0.0) in float32 and float64, oneDNN included.
 _BIG = 1e4
 
 

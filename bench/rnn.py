@@ -1,0 +1,258 @@
+"""Speed of rnnkit's recurrent layers against torch's, measured side by side in one run.
+
+    python bench/rnn.py [--repeats N]
+
+Runs on CPU in float32 with ``torch.set_num_threads(2)``. The layers compared in one table are
+timed round-robin (one call of each, N times over) after a warm-up call, and each is reported by
+its median, so that load from other processes falls on all of them alike. Before timing, every
+rnnkit layer is checked to compute what its torch counterpart computes. Lengths, where used, are
+uniform in [T/4, T] and cost the layers nothing they can skip: the fused kernels always run T
+steps, so GFLOP/s count the padded work, 2 * T * B * 4H * (D + H) per layer direction.
+
+Shapes: T time steps, B sequences, D input features, H hidden units.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import time
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from rnnkit.layers import LSTM, LayerNormLSTM
+
+THREADS = 2
+
+
+def measure(calls: dict, repeats: int) -> dict:
+    """Median seconds of each zero-argument callable, timed round-robin after one warm-up call."""
+    times = {name: [] for name in calls}
+    for call in calls.values():
+        call()
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def gemm_peak(n: int = 2048, repeats: int = 10) -> float:
+    """Best fp32 GFLOP/s of an (n x n) @ (n x n) ``torch.mm``: the machine's practical peak.
+
+    The fastest call, not the median: a peak is what the machine reaches when left alone.
+    """
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        seconds.append(time.perf_counter() - start)
+    return 2 * n**3 / min(seconds) / 1e9
+
+
+def lstm_gflop(T, B, D, H, dirs=1) -> float:
+    """Matrix-multiply work of one LSTM layer's forward pass over the padded batch, in GFLOP."""
+    return 2 * T * B * 4 * H * (D + H) * dirs / 1e9
+
+
+def random_lengths(B: int, T: int) -> torch.Tensor:
+    return torch.randint(T // 4, T + 1, (B,))
+
+
+def fwd_bwd(layer, x, **kwargs):
+    """A call that runs ``layer`` forward and backward (gradients of the input and all weights)."""
+    def call():
+        output, _ = layer(x, **kwargs)
+        output.sum().backward()
+    return call
+
+
+def fwd(layer, x, **kwargs):
+    def call():
+        with torch.no_grad():
+            layer(x, **kwargs)
+    return call
+
+
+def packed_fwd_bwd(layer, x, lengths):
+    """``layer`` on a PackedSequence built (and unpacked) inside the timed call, as a user would."""
+    def call():
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        output, _ = pad_packed_sequence(layer(packed)[0], total_length=x.shape[0])
+        output.sum().backward()
+    return call
+
+
+def check_same(ours, reference, x, lengths):
+    """Our layer with ``lengths`` must give what ``reference`` gives on the PackedSequence."""
+    with torch.no_grad():
+        out, _ = ours(x, lengths=lengths)
+        ref, _ = reference(pack_padded_sequence(x, lengths, enforce_sorted=False))
+        ref, _ = pad_packed_sequence(ref, total_length=x.shape[0])
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def print_table(title, seconds, baselines, notes=(), gflop=None):
+    """Rows of milliseconds, then a "time / baseline's time" column per ``{column: baseline row}``."""
+    print(f"\n{title}")
+    header = f"  {'layer':36s}{'ms':>9s}" + "".join(f"{column:>12s}" for column in baselines)
+    print(header + (f"{'GFLOP/s':>10s}" if gflop else ""))
+    for name, s in seconds.items():
+        row = f"  {name:36s}{s * 1e3:9.1f}" + "".join(f"{s / seconds[b]:12.2f}" for b in baselines.values())
+        print(row + (f"{gflop / s:10.1f}" if gflop else ""))
+    for note in notes:
+        print(f"  {note}")
+
+
+def bench_bidirectional_lstm(repeats):
+    T, B, D, H = 100, 64, 256, 256
+    torch.manual_seed(0)
+    reference = nn.LSTM(D, H, num_layers=2, bidirectional=True)
+    native = LSTM(D, H, num_layers=2, bidirectional=True, backend="native")
+    equations = LSTM(D, H, num_layers=2, bidirectional=True, backend="equations")
+    for layer in (native, equations):
+        layer.load_state_dict(reference.state_dict())
+    x = torch.randn(T, B, D, requires_grad=True)
+    lengths = random_lengths(B, T)
+    for layer in (native, equations):
+        check_same(layer, reference, x, lengths)
+    seconds = measure({
+        "rnnkit.LSTM native, lengths": fwd_bwd(native, x, lengths=lengths),
+        "rnnkit.LSTM equations, lengths": fwd_bwd(equations, x, lengths=lengths),
+        "nn.LSTM, PackedSequence": packed_fwd_bwd(reference, x, lengths),
+        "nn.LSTM, padded (ignores lengths)": fwd_bwd(reference, x),
+    }, repeats)
+    s = seconds
+    print_table(
+        f"2-layer bidirectional LSTM, B={B} T={T} D=H={H}, lengths U[{T // 4},{T}] "
+        f"(mean {lengths.float().mean():.1f}), forward+backward",
+        seconds, {"/ packed": "nn.LSTM, PackedSequence", "/ padded": "nn.LSTM, padded (ignores lengths)"},
+        notes=[
+            f"native is {s['nn.LSTM, PackedSequence'] / s['rnnkit.LSTM native, lengths']:.2f}x faster than packed "
+            "(target >= 2.5x)",
+            f"native takes {s['rnnkit.LSTM native, lengths'] / s['nn.LSTM, padded (ignores lengths)']:.2f}x "
+            "the time of padded nn.LSTM (target <= 1.1x)",
+        ],
+    )
+
+
+class LoopLayerNormLSTM(nn.Module):
+    """The LayerNorm-LSTM cell of Ba et al. (2016), sec. 3.1, as a plain autograd loop over time.
+
+    The baseline that ``rnnkit.LayerNormLSTM`` replaces: the input projection for all steps is one
+    matmul (as any sensible loop would do), then every step is ordinary differentiable torch ops.
+    It borrows the parameters of a ``LayerNormLSTM`` so both compute the same function.
+    """
+
+    def __init__(self, layer: LayerNormLSTM):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        p, H = self.layer, self.layer.hidden_size
+        ln = nn.functional.layer_norm
+        xg = ln(x @ p.weight_ih_l0.T, (4 * H,), p.ln_ih_weight_l0, p.ln_ih_bias_l0)  # (T, B, 4H)
+        xg = xg + p.bias_ih_l0 + p.bias_hh_l0
+        h = c = x.new_zeros(x.shape[1], H)  # (B, H)
+        outputs = []
+        for xg_t in xg:
+            gates = xg_t + ln(h @ p.weight_hh_l0.T, (4 * H,), p.ln_hh_weight_l0, p.ln_hh_bias_l0)  # (B, 4H)
+            i, f, g, o = gates.chunk(4, -1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(ln(c, (H,), p.ln_c_weight_l0, p.ln_c_bias_l0))
+            outputs.append(h)
+        return torch.stack(outputs), (h[None], c[None])
+
+
+def bench_layernorm_lstm(repeats):
+    T, B, D, H = 100, 32, 256, 256
+    torch.manual_seed(0)
+    ours = LayerNormLSTM(D, H, backend="equations")
+    for name, p in ours.named_parameters():  # LayerNorm gains/biases away from 1/0 to test them
+        if name.startswith("ln_"):
+            nn.init.normal_(p, mean=1.0 if "weight" in name else 0.0, std=0.1)
+    loop = LoopLayerNormLSTM(ours)
+    plain = nn.LSTM(D, H)
+    x = torch.randn(T, B, D, requires_grad=True)
+    with torch.no_grad():  # in float64, where 100 steps of rounding cannot hide a difference
+        ours64 = copy.deepcopy(ours).double()
+        x64 = x.double()
+        torch.testing.assert_close(ours64(x64)[0], LoopLayerNormLSTM(ours64)(x64)[0], atol=1e-10, rtol=1e-10)
+    seconds = measure({
+        "rnnkit.LayerNormLSTM equations": fwd_bwd(ours, x),
+        "LayerNorm-LSTM autograd loop": fwd_bwd(loop, x),
+        "nn.LSTM (no LayerNorm)": fwd_bwd(plain, x),
+    }, repeats)
+    s = seconds
+    print_table(
+        f"1-layer LayerNorm-LSTM, B={B} T={T} D=H={H}, full length, forward+backward",
+        seconds, {"/ nn.LSTM": "nn.LSTM (no LayerNorm)", "/ loop": "LayerNorm-LSTM autograd loop"},
+        notes=[
+            f"rnnkit takes {s['rnnkit.LayerNormLSTM equations'] / s['nn.LSTM (no LayerNorm)']:.2f}x the time of "
+            "nn.LSTM (target <= 1.5x)",
+            f"rnnkit is {s['LayerNorm-LSTM autograd loop'] / s['rnnkit.LayerNormLSTM equations']:.2f}x faster than "
+            "the autograd loop (target >= 2x)",
+        ],
+    )
+
+
+def bench_forward(repeats, B, T, H, peak):
+    D = H
+    torch.manual_seed(0)
+    reference = nn.LSTM(D, H)
+    native = LSTM(D, H, backend="native")
+    equations = LSTM(D, H, backend="equations")
+    layernorm = LayerNormLSTM(D, H)
+    for layer in (native, equations):
+        layer.load_state_dict(reference.state_dict())
+    x = torch.randn(T, B, D)
+    lengths = random_lengths(B, T)
+    for layer in (native, equations):
+        check_same(layer, reference, x, lengths)
+    seconds = measure({
+        "rnnkit.LSTM native, lengths": fwd(native, x, lengths=lengths),
+        "rnnkit.LSTM equations, lengths": fwd(equations, x, lengths=lengths),
+        "rnnkit.LayerNormLSTM, lengths": fwd(layernorm, x, lengths=lengths),
+        "nn.LSTM, PackedSequence": fwd(reference, pack_padded_sequence(x, lengths, enforce_sorted=False)),
+        "nn.LSTM, padded (ignores lengths)": fwd(reference, x),
+    }, repeats)
+    print_table(
+        f"1-layer LSTM forward only, B={B} T={T} D=H={H}, lengths U[{T // 4},{T}]",
+        seconds, {"/ padded": "nn.LSTM, padded (ignores lengths)"}, gflop=lstm_gflop(T, B, D, H),
+        notes=[f"GFLOP/s: padded matrix-multiply work {lstm_gflop(T, B, D, H):.2f} GFLOP / time; "
+               f"fp32 GEMM peak {peak:.0f} GFLOP/s"],
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7, help="timed calls per layer (default 7)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(THREADS)
+    peak = gemm_peak()
+    print(f"torch {torch.__version__}, {platform.machine()} {_cpu_name()}, {THREADS} threads, float32; "
+          f"median of {args.repeats} round-robin calls")
+    print(f"fp32 GEMM peak (2048x2048 torch.mm): {peak:.0f} GFLOP/s")
+    bench_bidirectional_lstm(args.repeats)
+    bench_layernorm_lstm(args.repeats)
+    bench_forward(args.repeats, B=16, T=200, H=128, peak=peak)
+    bench_forward(args.repeats, B=64, T=100, H=512, peak=peak)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
