@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from rnnkit import LSTM, _native
 from rnnkit._native import run_layer, run_stack
 
 T, B, D, H = 7, 6, 5, 4
@@ -23,10 +24,10 @@ def _module(mode, bidirectional, proj_size, dtype, num_layers=1):
     return cls(D, H, num_layers=num_layers, bidirectional=bidirectional, **kwargs).to(dtype)
 
 
-def _initial_state(mode, module, dtype):
+def _initial_state(mode, module, dtype, batch=B):
     dirs = 2 if module.bidirectional else 1
-    h0 = torch.randn(dirs * module.num_layers, B, module.proj_size or H, dtype=dtype)
-    return (h0, torch.randn(dirs * module.num_layers, B, H, dtype=dtype)) if mode == "LSTM" else (h0,)
+    h0 = torch.randn(dirs * module.num_layers, batch, module.proj_size or H, dtype=dtype)
+    return (h0, torch.randn(dirs * module.num_layers, batch, H, dtype=dtype)) if mode == "LSTM" else (h0,)
 
 
 def _leaves(tensors):
@@ -62,17 +63,19 @@ def _loss(output, states):
     return total
 
 
-def _compare(mode, module, lengths, with_hx, dtype, atol, rtol):
+def _compare(mode, module, lengths, with_hx, dtype, atol, rtol, steps=T, max_chunks=None):
+    """``run_layer`` against the packed reference on a (steps, B, D) batch, B = len(lengths) or B."""
     module.zero_grad()
-    x = torch.randn(T, B, D, dtype=dtype)
-    hx = _initial_state(mode, module, dtype) if with_hx else None
+    batch = B if lengths is None else len(lengths)
+    x = torch.randn(steps, batch, D, dtype=dtype)
+    hx = _initial_state(mode, module, dtype, batch) if with_hx else None
     weights = [_leaves(w) for w in module.all_weights]
     x_ours, x_ref = _leaves([x, x])
     hx_ours = None if hx is None else tuple(_leaves(hx))
     hx_ref = None if hx is None else tuple(_leaves(hx))
 
-    out, states = run_layer(mode, x_ours, lengths, hx_ours, weights, has_biases=True)
-    ref_lengths = torch.full((B,), T) if lengths is None else lengths
+    out, states = run_layer(mode, x_ours, lengths, hx_ours, weights, has_biases=True, max_chunks=max_chunks)
+    ref_lengths = torch.full((batch,), steps) if lengths is None else lengths
     ref_out, ref_states = _reference(mode, module, x_ref, ref_lengths, hx_ref)
     close = dict(atol=atol, rtol=rtol)
     torch.testing.assert_close(out, ref_out, **close)
@@ -80,7 +83,7 @@ def _compare(mode, module, lengths, with_hx, dtype, atol, rtol):
     for s, r in zip(states, ref_states):
         torch.testing.assert_close(s, r, **close)
     if lengths is not None:
-        pad = torch.arange(T)[:, None] >= lengths
+        pad = torch.arange(steps)[:, None] >= lengths
         assert torch.all(out[pad] == 0)
 
     _loss(out, states).backward()
@@ -123,9 +126,84 @@ def test_lengths_none_is_full_length(mode, bidirectional, with_hx):
     _compare(mode, module, torch.full((B,), T), with_hx, torch.float64, atol=1e-12, rtol=1e-10)
 
 
+# Ties (three 4s, two 9s), empty sequences, and a longest sequence shorter than the 11 padded steps.
+CHUNK_LENGTHS = [9, 4, 0, 4, 9, 1, 6, 4, 0, 2]
+
+
+@pytest.mark.parametrize("max_chunks", [2, 3, 8])
+@pytest.mark.parametrize("mode, bidirectional, with_hx, proj_size", CASES)
+def test_chunked_matches_packed_float64(mode, bidirectional, with_hx, proj_size, max_chunks):
+    module = _module(mode, bidirectional, proj_size, torch.float64)
+    _compare(mode, module, torch.tensor(CHUNK_LENGTHS), with_hx, torch.float64, atol=1e-12, rtol=1e-10, steps=11,
+             max_chunks=max_chunks)
+
+
+@pytest.mark.parametrize("max_chunks", [1, 2, 3, 5, 8])
+def test_chunk_bounds_are_length_quantiles(max_chunks):
+    lengths = torch.tensor(CHUNK_LENGTHS)
+    bounds = _native._chunk_bounds(lengths, max_chunks)
+    assert bounds[0] == 0 and bounds[-1] == max(CHUNK_LENGTHS)
+    assert all(a < b for a, b in zip(bounds, bounds[1:]))
+    assert set(bounds[1:]) <= set(CHUNK_LENGTHS)
+    assert 1 <= len(bounds) - 1 <= max_chunks
+
+
+def test_cost_model_chunks_only_spread_lengths():
+    g = torch.Generator().manual_seed(0)
+    assert _native._chunk_bounds(torch.full((64,), 100)) == [0, 100]
+    assert _native._chunk_bounds(torch.randint(98, 101, (64,), generator=g)) == [0, 100]
+    assert len(_native._chunk_bounds(torch.randint(25, 101, (64,), generator=g))) - 1 > 2
+    assert _native._chunk_bounds(torch.zeros(5, dtype=torch.long)) == [0]
+
+
+def test_stack_with_chosen_chunks_matches_packed_float64():
+    """A 2-layer bidirectional ``rnnkit.LSTM`` with lengths the cost model runs in several chunks."""
+    g = torch.Generator().manual_seed(2)
+    lengths = torch.randint(25, 101, (64,), generator=g)
+    assert len(_native._chunk_bounds(lengths)) - 1 > 2
+    reference = nn.LSTM(D, H, num_layers=2, bidirectional=True).double()
+    ours = LSTM(D, H, num_layers=2, bidirectional=True, backend="native").double()
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(100, 64, D, dtype=torch.float64)
+    x_ours, x_ref = _leaves([x, x])
+    out, states = ours(x_ours, lengths=lengths)
+    ref, ref_states = reference(pack_padded_sequence(x_ref, lengths, enforce_sorted=False))
+    ref, _ = pad_packed_sequence(ref, total_length=100)
+    close = dict(atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(out, ref, **close)
+    for s, r in zip(states, ref_states):
+        torch.testing.assert_close(s, r, **close)
+    _loss(out, states).backward()
+    _loss(ref, ref_states).backward()
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, **close)
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, reference.get_parameter(name).grad, **close)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_chunks_run_only_the_sequences_still_running(monkeypatch, bidirectional):
+    calls = []
+    fused = _native._fused
+
+    def recording_fused(mode, x, *args, **kwargs):
+        calls.append(tuple(x.shape[:2]))  # (steps, sequences)
+        return fused(mode, x, *args, **kwargs)
+
+    monkeypatch.setattr(_native, "_fused", recording_fused)
+    module = _module("LSTM", bidirectional, 0, torch.float64)
+    lengths = torch.tensor(CHUNK_LENGTHS)
+    run_layer("LSTM", torch.randn(11, len(lengths), D, dtype=torch.float64), lengths, None,
+              [list(w) for w in module.all_weights], has_biases=True, max_chunks=3)
+    bounds = _native._chunk_bounds(lengths, 3)
+    chunks = [(stop - start, int((lengths > start).sum())) for start, stop in zip(bounds, bounds[1:])]
+    assert calls == chunks * (2 if bidirectional else 1)
+    assert sum(steps * n for steps, n in chunks) < 11 * len(lengths)
+
+
+@pytest.mark.parametrize("max_chunks", [1, 3])
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 @pytest.mark.parametrize("bidirectional, with_hx", [(False, True), (True, False), (True, True)])
-def test_padding_steps_change_nothing_bitwise_float32(mode, bidirectional, with_hx):
+def test_padding_steps_change_nothing_bitwise_float32(mode, bidirectional, with_hx, max_chunks):
     """Extra padding steps, filled with huge values, leave output and states bit for bit alike.
 
     This is the saturation argument checked on the kernel itself: sigmoid(+-BIG) is exactly
@@ -139,8 +217,8 @@ def test_padding_steps_change_nothing_bitwise_float32(mode, bidirectional, with_
     x_long = torch.cat([x, torch.zeros(9, B, D)])  # (T + 9, B, D)
     x_long[torch.arange(T + 9)[:, None] >= lengths] = 1e30
     with torch.no_grad():
-        out, states = run_layer(mode, x, lengths, hx, weights, has_biases=True)
-        out_long, states_long = run_layer(mode, x_long, lengths, hx, weights, has_biases=True)
+        out, states = run_layer(mode, x, lengths, hx, weights, has_biases=True, max_chunks=max_chunks)
+        out_long, states_long = run_layer(mode, x_long, lengths, hx, weights, has_biases=True, max_chunks=max_chunks)
     assert torch.equal(out_long[:T], out)
     assert torch.equal(out_long[T:], torch.zeros_like(out_long[T:]))
     for s, s_long in zip(states, states_long):

@@ -28,12 +28,30 @@ is exact: it meets the padding first, and a zero state stays exactly zero throug
 one bidirectional fused call does both directions. A nonzero initial state would be changed by
 the padding, so then each sequence is reversed within its own length and run forward instead.
 
+Time chunks. Padding steps are exact but not free: one call runs all B sequences for all T steps,
+so with lengths uniform in [T/4, T] about 40% of the work is padding. When that waste is large,
+the batch is sorted by length (longest first) and time is cut into a few chunks at length
+quantiles, ``0 = t_0 < t_1 < ... < t_k = max(lengths)``. Chunk j runs only the sequences still
+running at its start, ``lengths > t_j``, which in the sorted batch are a prefix of it; their
+``(h, c)`` at the chunk's end starts the next chunk. A sequence that ends inside a chunk is frozen
+there by the padding flag, so its ``c`` at the chunk's end is its final ``c`` (and its ``h`` is
+read from the output as above); it is not carried further. Outputs of sequences not in a chunk's
+prefix are zero. The reverse direction reverses each sequence within its length first, so every
+sequence starts at step 0 and the same chunks apply to it, with any initial state. Nothing in a
+chunk differs from the single call but the steps and sequences it leaves out, which are padding,
+so the result is the same up to the kernel's rounding on a smaller batch (float64: 1e-12).
+Each call has a fixed cost, so the number of chunks minimises a cost model of the kernel (see
+:func:`_chunk_bounds`); with lengths all near T it picks one chunk, the single call above.
+
 Shapes: T time steps, B sequences, D input features, H hidden units, H_out = proj_size or H.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
 import torch
+import torch.nn.functional as F
 
 from ._lengths import gather_last, reverse_padded, step_mask
 
@@ -43,6 +61,11 @@ _GATES = {"LSTM": 4, "GRU": 3}
 # Large enough that sigmoid(BIG + any real pre-activation) rounds to exactly 1.0 (and
 # sigmoid(-BIG + ...) to exactly 0.0) in float32 and float64, oneDNN included.
 _BIG = 1e4
+# The cost model that picks the chunks, in units of one sequence-step of kernel work: a call of s
+# steps on n sequences costs about s * (n + _STEP_COST) + _CALL_COST (torch.lstm forward and
+# backward on CPU with D = H = 256, n from 4 to 64: per-step and per-call overheads).
+_STEP_COST, _CALL_COST = 4, 50
+_MAX_CHUNKS = 8
 
 
 def _check_mode(mode: str) -> None:
@@ -79,14 +102,15 @@ def _with_flag_column(mode, w_ih):
     return torch.cat([w_ih, column], 1)
 
 
-def run_layer(mode, x, lengths, hx, weights, *, has_biases):
+def run_layer(mode, x, lengths, hx, weights, *, has_biases, max_chunks=None):
     """Run one (uni- or bidirectional) layer of ``mode`` over ``x`` (T, B, D) with ``lengths``.
 
     ``weights`` holds one list per direction in torch's order ``[w_ih, w_hh, b_ih, b_hh, w_hr]``;
     ``hx`` is None (zero state) or ``(h0,)`` / ``(h0, c0)`` shaped (dirs, B, ·). Returns
     ``output`` (T, B, dirs * H_out), exactly 0 past each length, and ``hx_n`` like ``hx`` holding
     the states at each sequence's last real step (the initial state for length 0).
-    ``lengths=None`` means every sequence is T steps long.
+    ``lengths=None`` means every sequence is T steps long. ``max_chunks`` fixes the number of
+    time chunks (at most; None: chosen by the cost model).
     """
     _check_mode(mode)
     dirs = len(weights)
@@ -97,7 +121,10 @@ def run_layer(mode, x, lengths, hx, weights, *, has_biases):
     x = torch.cat([x * keep, 1 - keep], -1)  # (T, B, D + 1): the input zeroed and the flag
     weights = [[_with_flag_column(mode, direction[0]), *direction[1:]] for direction in weights]
 
-    if hx is None or dirs == 1:
+    bounds = _chunk_bounds(lengths, max_chunks)
+    if len(bounds) > 2:
+        output, states = _run_chunked(mode, x, lengths, hx, weights, has_biases, bounds)
+    elif hx is None or dirs == 1:
         output, states = _both_directions(mode, x, hx, weights, has_biases)
     else:
         # A nonzero initial state must meet each sequence's last element first, not the padding.
@@ -117,6 +144,66 @@ def run_layer(mode, x, lengths, hx, weights, *, has_biases):
     if hx is not None:  # else the masked output already holds the zero initial state
         h_n = torch.where((lengths == 0)[:, None], hx[0], h_n)
     return output, (h_n, *states[1:])
+
+
+def _chunk_bounds(lengths, max_chunks=None) -> list[int]:
+    """Chunk boundaries ``[0, t_1, ..., max(lengths)]`` at quantiles of the nonzero lengths.
+
+    With ``max_chunks`` None, tries 1 to ``_MAX_CHUNKS`` quantiles and keeps the cheapest under
+    the cost model: the steps each chunk runs times the sequences still running at its start,
+    plus the per-step and per-call overheads.
+    """
+    ascending = sorted(length for length in lengths.tolist() if length > 0)
+    m = len(ascending)
+    if m == 0:
+        return [0]
+
+    def bounds(k):
+        return sorted({0, ascending[-1], *(ascending[j * m // k] for j in range(1, k))})
+
+    def cost(b):
+        return sum((stop - start) * (m - bisect_right(ascending, start) + _STEP_COST) + _CALL_COST
+                   for start, stop in zip(b, b[1:]))
+
+    if max_chunks is not None:
+        return bounds(max_chunks)
+    return min((bounds(k) for k in range(1, _MAX_CHUNKS + 1)), key=cost)
+
+
+def _run_chunked(mode, x, lengths, hx, weights, has_biases, bounds):
+    """Both directions of a flagged ``x`` (T, B, D + 1), in time chunks over the length-sorted batch."""
+    order = torch.argsort(lengths, descending=True, stable=True)  # (B,), longest first
+    x, lengths = x.index_select(1, order), lengths[order]
+    if hx is None:
+        hx = _zero_state(mode, x, weights[0][1], len(weights))
+    hx = tuple(s.index_select(1, order) for s in hx)
+    active = [int((lengths > t).sum()) for t in bounds]  # sequences running at each boundary, a prefix
+
+    outputs, finals = [], []
+    for d, direction in enumerate(weights):
+        # Reversed within its length, every sequence starts at step 0 and fits the same chunks.
+        x_d = x if d == 0 else reverse_padded(x, lengths)
+        out, states = _chunk_loop(mode, x_d, tuple(s[d : d + 1] for s in hx), direction, has_biases, bounds,
+                                  active)
+        outputs.append(out if d == 0 else reverse_padded(out, lengths))
+        finals.append(states)
+    unsort = torch.argsort(order)
+    output = torch.cat(outputs, -1).index_select(1, unsort)  # (T, B, dirs * H_out)
+    return output, tuple(torch.cat(pair).index_select(1, unsort) for pair in zip(*finals))
+
+
+def _chunk_loop(mode, x, hx, weights, has_biases, bounds, active):
+    """One direction over sorted ``x`` (T, B, D + 1), one fused call per chunk on its active prefix."""
+    T, B = x.shape[:2]
+    state, outputs = hx, []
+    finals = [tuple(s[:, active[0] :] for s in hx)]  # length 0: the initial state
+    for start, stop, n, n_next in zip(bounds, bounds[1:], active, active[1:]):
+        out, state = _fused(mode, x[start:stop, :n], tuple(s[:, :n] for s in state), weights,
+                            has_biases=has_biases)  # (stop - start, n, H_out)
+        outputs.append(F.pad(out, (0, 0, 0, B - n)))  # (stop - start, B, H_out)
+        finals.insert(0, tuple(s[:, n_next:] for s in state))  # the sequences that end in this chunk
+    outputs.append(out.new_zeros(T - bounds[-1], B, out.shape[-1]))
+    return torch.cat(outputs), tuple(torch.cat(pieces, 1) for pieces in zip(*finals))  # (T, B, H_out), (1, B, ·)
 
 
 def _both_directions(mode, x, hx, weights, has_biases):

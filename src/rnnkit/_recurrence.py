@@ -2,81 +2,132 @@
 
 The caller projects the input for all steps at once (one big matmul, differentiated by autograd);
 these functions run only the sequential part. Each sequence starts at t = 0 and has ``lengths[b]``
-real steps: at t >= lengths[b] the state is carried unchanged and the output is 0, so the final
-state is the one at each sequence's last real step (the initial state for length 0). The loop
-stops at S = max(lengths); steps before min(lengths) need no masking.
+real steps: the output is 0 past each length and the final state is the one at each sequence's
+last real step (the initial state for length 0).
+
+Packed order. The loops never touch padding. The sequences are sorted longest first and their real
+steps laid out time-major, as in torch's ``PackedSequence``: the n_t sequences still running at
+step t are the first n_t rows of the state and one contiguous block of n_t rows in every (N, ·)
+buffer, so each step's matmul and elementwise work shrink with n_t. That matters for ragged
+batches of short sequences (the speaker tracks of ``SpeakerHistoryFusion`` are mostly padding).
+:class:`Packing` converts between the padded (T, B, ·) and the packed (N, ·) layouts; the
+``*_recurrence`` functions take the padded layout, the ``packed_*`` ones the packed layout (so that
+:mod:`rnnkit._equations` projects only the real input steps).
 
 Why a hand-written backward: autograd would record ~15 nodes per step and replay as many small
-kernels backwards. Here the forward stores the gate activations in (S, B, G) buffers; the backward
-walks back in time writing the gate gradients into one (S, B, G) buffer, in place and in cache,
-and then gets dW_hh (and dW_hr) from ONE matmul over all S*B rows. Per-step views of every buffer
-are made once by ``unbind`` so the loops spend their time in kernels, not in Python indexing.
+kernels backwards. Here the forward stores the gate activations in (N, G) buffers; the backward
+walks back in time writing the gate gradients into one (N, G) buffer, in place and in cache,
+and then gets dW_hh (and dW_hr) from ONE matmul over all N rows. Per-step views of every buffer
+are made once by ``split`` so the loops spend their time in kernels, not in Python indexing.
 
-Letters: T time, S steps run, B batch, H hidden, P output size (H or proj_size), G gates (4H or 3H).
+Letters: T time, S steps run (the longest length), B batch, N real steps in all (sum of lengths),
+n = n_t sequences running at step t, H hidden, P output size (H or proj_size), G gates (4H or 3H).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["lstm_recurrence", "gru_recurrence", "layernorm_lstm_recurrence"]
+__all__ = [
+    "Packing",
+    "packed_lstm",
+    "packed_gru",
+    "packed_layernorm_lstm",
+    "lstm_recurrence",
+    "gru_recurrence",
+    "layernorm_lstm_recurrence",
+]
 
 
-class _Steps:
-    """Masks of a padded batch: ``S`` steps to run, the first ``full`` of them with every row active."""
+class Packing:
+    """The real steps of a padded (T, B, ·) batch with ``lengths`` (B,), in packed time-major order.
 
-    def __init__(self, xg: torch.Tensor, lengths: torch.Tensor | None):
-        T, B = xg.shape[:2]
-        if lengths is None or B == 0:
-            self.S = self.full = T if B else 0
-            lengths = torch.full((B,), self.S, device=xg.device)
-        else:
-            lengths = lengths.to(xg.device)
-            self.S, self.full = torch.stack([lengths.max(), lengths.min()]).tolist()  # one host sync
-        steps = torch.arange(self.S, device=xg.device)[:, None, None]  # (S, 1, 1)
-        active = steps < lengths[:, None]  # (S, B, 1) bool
-        self.keep = active.to(xg.dtype)  # (S, B, 1) 1 where t < lengths[b]
-        self.active, self.keeps, self.drops = active.unbind(0), self.keep.unbind(0), (1 - self.keep).unbind(0)
+    Sorted row j is sequence ``order[j]``, the j-th longest (ties in batch order); packed rows
+    ``sum(batch_sizes[:t]) + j``, j < ``batch_sizes[t]``, hold step t. ``lengths=None``: all T
+    steps, batch order, and packing is a reshape.
+    """
 
-    def carry_(self, t: int, new: torch.Tensor, old: torch.Tensor) -> None:
-        """Forward: rows past their length keep the previous state."""
-        torch.where(self.active[t], new, old, out=new)
+    def __init__(self, lengths: torch.Tensor | None, T: int, B: int):
+        self.T, self.B = T, B
+        if lengths is None:
+            self.batch_sizes, self.order = ([B] * T if B else []), None
+            return
+        sorted_lengths, self.order = torch.sort(lengths, descending=True, stable=True)  # (B,), (B,)
+        ascending = sorted_lengths.tolist()[::-1]  # the one host sync
+        S = ascending[-1] if B else 0
+        self.batch_sizes = [B - bisect_right(ascending, t) for t in range(S)]  # n_t, non-increasing
+        self.inverse = torch.argsort(self.order)  # (B,) sorted row of each sequence
+        steps = torch.arange(S, device=lengths.device)[:, None]  # (S, 1)
+        real = steps < sorted_lengths  # (S, B): row t is True on its first n_t entries
+        self._seq = self.order.expand(S, B)[real]  # (N,) sequence of each packed row
+        self._step = steps.expand(S, B)[real]  # (N,) its time step
+        self._offsets = torch.tensor([0, *self.batch_sizes[:-1]], device=lengths.device).cumsum(0)  # (S,)
+        self._flip = self.rows((sorted_lengths - 1 - steps)[real], self._seq)  # (N,) see reverse()
 
-    def split_(self, t: int, d_new: torch.Tensor, d_old: torch.Tensor) -> None:
-        """Backward: rows past their length pass the state gradient straight to step t - 1."""
-        d_old.addcmul_(d_new, self.drops[t])
-        d_new.mul_(self.keeps[t])
+    def rows(self, step: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        """Packed row of step ``step`` of sequence ``seq`` (both (N,) or broadcastable)."""
+        if self.order is None:
+            return step * self.B + seq
+        return self._offsets[step] + self.inverse[seq]
 
-    def output(self, h_all: torch.Tensor, T: int) -> torch.Tensor:
-        """(T, B, P) output: the state after each real step, 0 past each length."""
-        out = h_all.new_zeros(T, *h_all.shape[1:])
-        torch.mul(h_all[1:], self.keep, out=out[: self.S])
-        return out
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(T, B, *) -> (N, *), the real steps in packed order."""
+        if self.order is None:
+            return x.reshape(self.T * self.B, *x.shape[2:])
+        return x[self._step, self._seq]
 
-    def state_grad(self, d_out: torch.Tensor, d_h_n: torch.Tensor) -> torch.Tensor:
-        """(S+1, B, P) dLoss/d(state before step t), seeded with the output and final-state gradients."""
-        dH = d_out.new_empty(self.S + 1, *d_h_n.shape)
-        dH[0].zero_()
-        torch.mul(d_out[: self.S], self.keep, out=dH[1:])
-        dH[self.S].add_(d_h_n)
-        return dH
+    def unpack(self, y: torch.Tensor) -> torch.Tensor:
+        """(N, *) -> (T, B, *), undoing :meth:`pack`; 0 past each length."""
+        if self.order is None:
+            return y.view(self.T, self.B, *y.shape[1:])
+        return y.new_zeros(self.T, self.B, *y.shape[1:]).index_put_((self._step, self._seq), y)
+
+    def reverse(self, y: torch.Tensor) -> torch.Tensor:
+        """(N, *) -> (N, *): packed row (t, b) gets step ``lengths[b] - 1 - t`` of sequence b, i.e. each
+        sequence read backwards from its own last element, which is what the reverse direction of a
+        layer runs on. Its own inverse."""
+        if self.order is None:
+            return y.view(self.T, self.B, *y.shape[1:]).flip(0).view(y.shape)
+        return y.index_select(0, self._flip)
+
+    def sort(self, state: torch.Tensor) -> torch.Tensor:
+        """(B, *) state in batch order -> sorted order."""
+        return state if self.order is None else state.index_select(0, self.order)
+
+    def unsort(self, state: torch.Tensor) -> torch.Tensor:
+        """(B, *) state in sorted order -> batch order."""
+        return state if self.order is None else state.index_select(0, self.inverse)
 
 
-def _input_grad(d_out: torch.Tensor, S: int, G: int) -> torch.Tensor:
-    """(T, B, G) buffer for the gradient of xg; steps from S on never ran and get 0."""
-    dxg = d_out.new_empty(d_out.shape[0], d_out.shape[1], G)
-    dxg[S:].zero_()
-    return dxg
+def _previous(state0: torch.Tensor, steps: tuple[torch.Tensor, ...], sizes: list[int]) -> list[torch.Tensor]:
+    """Per step t, the state its n_t rows start from: the first n_t rows of step t - 1's block
+    (the running sequences lead, being sorted longest first), of ``state0`` at t = 0."""
+    return [state0[:n] if t == 0 else steps[t - 1][:n] for t, n in enumerate(sizes)]
+
+
+def _take_final_(t: int, sizes: list[int], pairs) -> None:
+    """Copy into each final state the rows whose last step is t (rows n_{t+1} .. n_t - 1)."""
+    n, m = sizes[t], sizes[t + 1] if t + 1 < len(sizes) else 0
+    if m < n:
+        for final, step in pairs:
+            final[m:n] = step[m:n]
+
+
+def _start(state: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of an initial state, to become the final state in place."""
+    return state.clone(memory_format=torch.contiguous_format)
 
 
 class _LSTMGates:
-    """Per-step views of an (S, B, 4H) buffer laid out [i, f, g, o]: ``all[t]``, ``i_f[t]``, ``i[t]``..."""
+    """Per-step views of an (N, 4H) buffer laid out [i, f, g, o]: ``all[t]``, ``i_f[t]``, ``i[t]``..."""
 
-    def __init__(self, buf: torch.Tensor):
+    def __init__(self, buf: torch.Tensor, sizes: list[int]):
         H = buf.shape[-1] // 4
-        self.all, self.i_f = buf.unbind(0), buf[..., : 2 * H].unbind(0)
-        self.i, self.f, self.g, self.o = (x.unbind(0) for x in buf.chunk(4, -1))
+        self.all, self.i_f = buf.split(sizes), buf[:, : 2 * H].split(sizes)
+        self.i, self.f, self.g, self.o = (x.split(sizes) for x in buf.chunk(4, -1))
 
 
 def _lstm_cell_(a: _LSTMGates, t: int, c_prev: torch.Tensor, c: torch.Tensor) -> None:
@@ -107,122 +158,119 @@ def _cell_grad_(a: _LSTMGates, d: _LSTMGates, t: int, dc, c_prev, tmp) -> None:
 
 class _LSTM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xg, lengths, h0, c0, w_hh, w_hr):
-        T, B, G = xg.shape
+    def forward(ctx, xg, sizes, h0, c0, w_hh, w_hr):
+        N, G = xg.shape
         H, P = G // 4, h0.shape[1]
-        st = _Steps(xg, lengths)
-        A = xg.new_empty(st.S, B, G)  # activated gates i, f, g, o
-        h_all = xg.new_empty(st.S + 1, B, P)  # state before step t at [t]
-        c_all = xg.new_empty(st.S + 1, B, H)
-        tc_all = xg.new_empty(st.S, B, H)  # tanh(c)
-        m_all = xg.new_empty(st.S, B, H) if w_hr is not None else h_all[1:]  # o * tanh(c), before projection
-        h_all[0], c_all[0] = h0, c0
-        a, xs = _LSTMGates(A), xg.unbind(0)
-        h, c, tc, m = (x.unbind(0) for x in (h_all, c_all, tc_all, m_all))
+        A = xg.new_empty(N, G)  # activated gates i, f, g, o
+        h_all = xg.new_empty(N, P)  # state after each step: the output
+        c_all = xg.new_empty(N, H)
+        tc_all = xg.new_empty(N, H)  # tanh(c)
+        m_all = xg.new_empty(N, H) if w_hr is not None else h_all  # o * tanh(c), before projection
+        h_n, c_n = _start(h0), _start(c0)
+        a, xs = _LSTMGates(A, sizes), xg.split(sizes)
+        h, c, tc, m = (x.split(sizes) for x in (h_all, c_all, tc_all, m_all))
+        h_prev, c_prev = _previous(h0, h, sizes), _previous(c0, c, sizes)
         w_hh_t = w_hh.t()
-        for t in range(st.S):
-            torch.addmm(xs[t], h[t], w_hh_t, out=a.all[t])
-            _lstm_cell_(a, t, c[t], c[t + 1])
-            torch.mul(a.o[t], torch.tanh(c[t + 1], out=tc[t]), out=m[t])
+        for t in range(len(sizes)):
+            torch.addmm(xs[t], h_prev[t], w_hh_t, out=a.all[t])
+            _lstm_cell_(a, t, c_prev[t], c[t])
+            torch.mul(a.o[t], torch.tanh(c[t], out=tc[t]), out=m[t])
             if w_hr is not None:
-                torch.mm(m[t], w_hr.t(), out=h[t + 1])
-            if t >= st.full:
-                st.carry_(t, h[t + 1], h[t])
-                st.carry_(t, c[t + 1], c[t])
-        ctx.steps = st
-        ctx.save_for_backward(w_hh, w_hr, A, h_all, c_all, tc_all, m_all)
-        return st.output(h_all, T), h_all[st.S].clone(), c_all[st.S].clone()
+                torch.mm(m[t], w_hr.t(), out=h[t])
+            _take_final_(t, sizes, ((h_n, h[t]), (c_n, c[t])))
+        ctx.sizes = sizes
+        ctx.save_for_backward(h0, c0, w_hh, w_hr, A, h_all, c_all, tc_all, m_all)
+        return h_all, h_n, c_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_h_n, d_c_n):
-        w_hh, w_hr, A, h_all, c_all, tc_all, m_all = ctx.saved_tensors
-        st = ctx.steps
-        S, B, G = A.shape
-        H = G // 4
-        dH = st.state_grad(d_out, d_h_n)
-        dxg = _input_grad(d_out, S, G)  # = gradient of the gate pre-activations
-        a, d = _LSTMGates(A), _LSTMGates(dxg[:S])
-        dh, c, tc = dH.unbind(0), c_all.unbind(0), tc_all.unbind(0)
-        dc = d_c_n.clone(memory_format=torch.contiguous_format)
-        dc_pass, du, tmp, dm = (d_out.new_empty(B, H) for _ in range(4))
-        for t in reversed(range(S)):
-            if t >= st.full:
-                st.split_(t, dh[t + 1], dh[t])
-                st.split_(t, dc, dc_pass.zero_())
+        h0, c0, w_hh, w_hr, A, h_all, c_all, tc_all, m_all = ctx.saved_tensors
+        sizes, want_h0 = ctx.sizes, ctx.needs_input_grad[2]
+        H = A.shape[1] // 4
+        dxg = torch.empty_like(A)  # = gradient of the gate pre-activations
+        dh_all = torch.empty_like(h_all)  # dLoss/dh of every step
+        a, d = _LSTMGates(A, sizes), _LSTMGates(dxg, sizes)
+        c_prev, tc = _previous(c0, c_all.split(sizes), sizes), tc_all.split(sizes)
+        dh_step, d_o = dh_all.split(sizes), d_out.split(sizes)
+        # dh, dc (B, ·): rows < n_t the gradient reaching step t from t + 1, the rest still the
+        # final-state gradient (those sequences end at or before t).
+        dh, dc = _start(d_h_n), _start(d_c_n)
+        du, tmp, dm = (A.new_empty(dc.shape) for _ in range(3))
+        for t in reversed(range(len(sizes))):
+            n = sizes[t]
+            dh_t = torch.add(dh[:n], d_o[t], out=dh_step[t])
             if w_hr is not None:
-                torch.mm(dh[t + 1], w_hr, out=dm)
-            _output_gate_grad_(a, d, t, dh[t + 1] if w_hr is None else dm, tc[t], du)
-            _cell_grad_(a, d, t, dc.add_(du), c[t], tmp)
-            if t >= st.full:
-                dc.add_(dc_pass)
-            dh[t].addmm_(d.all[t], w_hh)
-        d_w_hh = dxg[:S].flatten(0, 1).t() @ h_all[:S].flatten(0, 1)  # (4H, P)
-        d_w_hr = None
-        if w_hr is not None:
-            d_w_hr = dH[1:].flatten(0, 1).t() @ m_all.flatten(0, 1)  # (P, H)
-        return dxg, None, dH[0], dc, d_w_hh, d_w_hr
+                dh_t = torch.mm(dh_t, w_hr, out=dm[:n])
+            _output_gate_grad_(a, d, t, dh_t, tc[t], du[:n])
+            _cell_grad_(a, d, t, dc[:n].add_(du[:n]), c_prev[t], tmp[:n])
+            if t > 0 or want_h0:
+                torch.mm(d.all[t], w_hh, out=dh[:n])
+        h_prev = torch.cat([h0[:0], *_previous(h0, h_all.split(sizes), sizes)])  # (N, P)
+        d_w_hh = dxg.t() @ h_prev  # (4H, P)
+        d_w_hr = dh_all.t() @ m_all if w_hr is not None else None  # (P, H)
+        return dxg, None, dh if want_h0 else None, dc, d_w_hh, d_w_hr
 
 
 class _GRU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xg, lengths, h0, w_hh, b_hh):
-        T, B, G = xg.shape
+    def forward(ctx, xg, sizes, h0, w_hh, b_hh):
+        N, G = xg.shape
         H = G // 3
-        st = _Steps(xg, lengths)
-        A = xg.new_empty(st.S, B, G)  # activated gates r, z, n
-        HG = xg.new_empty(st.S, B, G)  # h W_hh^T + b_hh
-        h_all = xg.new_empty(st.S + 1, B, H)
-        h_all[0] = h0
-        rz, (r, z, n) = A[..., : 2 * H].unbind(0), (x.unbind(0) for x in A.chunk(3, -1))
-        x_rz, x_n = xg[..., : 2 * H].unbind(0), xg[..., 2 * H :].unbind(0)
-        hg, hg_rz, hg_n = HG.unbind(0), HG[..., : 2 * H].unbind(0), HG[..., 2 * H :].unbind(0)
-        h, w_hh_t = h_all.unbind(0), w_hh.t()
-        for t in range(st.S):
+        A = xg.new_empty(N, G)  # activated gates r, z, n
+        HG = xg.new_empty(N, G)  # h W_hh^T + b_hh
+        h_all = xg.new_empty(N, H)
+        h_n = _start(h0)
+        rz, (r, z, n) = A[:, : 2 * H].split(sizes), (x.split(sizes) for x in A.chunk(3, -1))
+        x_rz, x_n = xg[:, : 2 * H].split(sizes), xg[:, 2 * H :].split(sizes)
+        hg, hg_rz, hg_n = HG.split(sizes), HG[:, : 2 * H].split(sizes), HG[:, 2 * H :].split(sizes)
+        h = h_all.split(sizes)
+        h_prev, w_hh_t = _previous(h0, h, sizes), w_hh.t()
+        for t in range(len(sizes)):
             if b_hh is None:
-                torch.mm(h[t], w_hh_t, out=hg[t])
+                torch.mm(h_prev[t], w_hh_t, out=hg[t])
             else:
-                torch.addmm(b_hh, h[t], w_hh_t, out=hg[t])
+                torch.addmm(b_hh, h_prev[t], w_hh_t, out=hg[t])
             torch.add(x_rz[t], hg_rz[t], out=rz[t]).sigmoid_()
             torch.addcmul(x_n[t], r[t], hg_n[t], out=n[t]).tanh_()
-            torch.sub(h[t], n[t], out=h[t + 1]).mul_(z[t]).add_(n[t])  # h = (1 - z) * n + z * h_prev
-            if t >= st.full:
-                st.carry_(t, h[t + 1], h[t])
-        ctx.steps = st
-        ctx.save_for_backward(w_hh, b_hh, A, HG, h_all)
-        return st.output(h_all, T), h_all[st.S].clone()
+            torch.sub(h_prev[t], n[t], out=h[t]).mul_(z[t]).add_(n[t])  # h = (1 - z) * n + z * h_prev
+            _take_final_(t, sizes, ((h_n, h[t]),))
+        ctx.sizes = sizes
+        ctx.save_for_backward(h0, w_hh, b_hh, A, HG, h_all)
+        return h_all, h_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_h_n):
-        w_hh, b_hh, A, HG, h_all = ctx.saved_tensors
-        st = ctx.steps
-        S, B, G = A.shape
-        H = G // 3
-        dH = st.state_grad(d_out, d_h_n)
-        dxg = _input_grad(d_out, S, G)
-        dHG = d_out.new_empty(S, B, G)  # gradient of h W_hh^T + b_hh
-        r, z, n = (x.unbind(0) for x in A.chunk(3, -1))
-        d_r, d_z, d_hn = (x.unbind(0) for x in dHG.chunk(3, -1))
-        d_n = dxg[:S, :, 2 * H :].unbind(0)  # gradient of n's pre-activation
-        dh, h, hg_n, dhg = dH.unbind(0), h_all.unbind(0), HG[..., 2 * H :].unbind(0), dHG.unbind(0)
-        tmp = d_out.new_empty(B, H)
-        for t in reversed(range(S)):
-            if t >= st.full:
-                st.split_(t, dh[t + 1], dh[t])
-            dh[t].add_(torch.mul(dh[t + 1], z[t], out=tmp))  # through h = ... + z * h_prev
-            torch.sub(dh[t + 1], tmp, out=d_n[t])
-            d_n[t].addcmul_(d_n[t], torch.mul(n[t], n[t], out=tmp), value=-1)  # dh * (1 - z) * (1 - n^2)
+        h0, w_hh, b_hh, A, HG, h_all = ctx.saved_tensors
+        sizes, want_h0 = ctx.sizes, ctx.needs_input_grad[2]
+        H = A.shape[1] // 3
+        dxg = torch.empty_like(A)
+        dHG = torch.empty_like(A)  # gradient of h W_hh^T + b_hh
+        r, z, n = (x.split(sizes) for x in A.chunk(3, -1))
+        d_r, d_z, d_hn = (x.split(sizes) for x in dHG.chunk(3, -1))
+        d_n = dxg[:, 2 * H :].split(sizes)  # gradient of n's pre-activation
+        h_prev, hg_n, dhg = _previous(h0, h_all.split(sizes), sizes), HG[:, 2 * H :].split(sizes), dHG.split(sizes)
+        d_o = d_out.split(sizes)
+        dh = _start(d_h_n)  # rows < n_t: gradient from step t + 1; the rest: final-state gradient
+        through_z, tmp = A.new_empty(dh.shape), A.new_empty(dh.shape)
+        for t in reversed(range(len(sizes))):
+            k = sizes[t]
+            dh_t = dh[:k].add_(d_o[t])
+            torch.mul(dh_t, z[t], out=through_z[:k])  # through h = ... + z * h_prev
+            torch.sub(dh_t, through_z[:k], out=d_n[t])
+            d_n[t].addcmul_(d_n[t], torch.mul(n[t], n[t], out=tmp[:k]), value=-1)  # dh * (1 - z) * (1 - n^2)
             torch.mul(d_n[t], r[t], out=d_hn[t])
             torch.mul(d_n[t], hg_n[t], out=d_r[t]).mul_(r[t])
             d_r[t].addcmul_(d_r[t], r[t], value=-1)  # d_n * hn * r * (1 - r)
-            torch.sub(h[t], n[t], out=d_z[t]).mul_(dh[t + 1]).mul_(z[t])
+            torch.sub(h_prev[t], n[t], out=d_z[t]).mul_(dh_t).mul_(z[t])
             d_z[t].addcmul_(d_z[t], z[t], value=-1)  # dh * (h_prev - n) * z * (1 - z)
-            dh[t].addmm_(dhg[t], w_hh)
-        dxg[:S, :, : 2 * H] = dHG[..., : 2 * H]
-        d_w_hh = dHG.flatten(0, 1).t() @ h_all[:S].flatten(0, 1)  # (3H, H)
-        d_b_hh = dHG.sum((0, 1)) if b_hh is not None else None
-        return dxg, None, dH[0], d_w_hh, d_b_hh
+            if t > 0 or want_h0:
+                torch.addmm(through_z[:k], dhg[t], w_hh, out=dh[:k])
+        dxg[:, : 2 * H] = dHG[:, : 2 * H]
+        d_w_hh = dHG.t() @ torch.cat([h0[:0], *h_prev])  # (3H, H)
+        d_b_hh = dHG.sum(0) if b_hh is not None else None
+        return dxg, None, dh if want_h0 else None, d_w_hh, d_b_hh
 
 
 def _layer_norm_grad_(dy, weight, neg_weight_mean, rstd, xhat, out, dy_xhat, s1, s2):
@@ -238,77 +286,112 @@ def _layer_norm_grad_(dy, weight, neg_weight_mean, rstd, xhat, out, dy_xhat, s1,
 
 class _LayerNormLSTM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xg, lengths, h0, c0, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, eps):
-        T, B, G = xg.shape
+    def forward(ctx, xg, sizes, h0, c0, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, eps):
+        N, G = xg.shape
         H = G // 4
-        st = _Steps(xg, lengths)
-        A = xg.new_empty(st.S, B, G)  # activated gates i, f, g, o
-        xhat_hh_all = xg.new_empty(st.S, B, G)  # LN_hh's normalised input
-        xhat_c_all = xg.new_empty(st.S, B, H)
-        rstd_hh, rstd_c = [], []  # 1/std of LN_hh, LN_c: S tensors (B, 1)
-        h_all = xg.new_empty(st.S + 1, B, H)
-        c_all = xg.new_empty(st.S + 1, B, H)
-        tc_all = xg.new_empty(st.S, B, H)  # tanh(LN_c(c))
-        h_all[0], c_all[0] = h0, c0
-        a, xs, WH = _LSTMGates(A), xg.unbind(0), xg.new_empty(B, G)
-        h, c, tc, xhat_hh, xhat_c = (x.unbind(0) for x in (h_all, c_all, tc_all, xhat_hh_all, xhat_c_all))
+        A = xg.new_empty(N, G)  # activated gates i, f, g, o
+        xhat_hh_all = xg.new_empty(N, G)  # LN_hh's normalised input
+        xhat_c_all = xg.new_empty(N, H)
+        rstd_hh, rstd_c = [xg.new_empty(0, 1)], [xg.new_empty(0, 1)]  # 1/std of LN_hh, LN_c: (n, 1) per step
+        h_all = xg.new_empty(N, H)
+        c_all = xg.new_empty(N, H)
+        tc_all = xg.new_empty(N, H)  # tanh(LN_c(c))
+        h_n, c_n = _start(h0), _start(c0)
+        a, xs, WH = _LSTMGates(A, sizes), xg.split(sizes), xg.new_empty(h0.shape[0], G)
+        h, c, tc, xhat_hh, xhat_c = (x.split(sizes) for x in (h_all, c_all, tc_all, xhat_hh_all, xhat_c_all))
+        h_prev, c_prev = _previous(h0, h, sizes), _previous(c0, c, sizes)
         w_hh_t = w_hh.t()
-        for t in range(st.S):
-            xhat, _, rstd = torch.native_layer_norm(torch.mm(h[t], w_hh_t, out=WH), [G], None, None, eps)
+        for t, n in enumerate(sizes):
+            xhat, _, rstd = torch.native_layer_norm(torch.mm(h_prev[t], w_hh_t, out=WH[:n]), [G], None, None, eps)
             xhat_hh[t].copy_(xhat)
             rstd_hh.append(rstd)
             torch.addcmul(xs[t], xhat, ln_hh_weight, out=a.all[t]).add_(ln_hh_bias)  # xg + LN_hh(h W_hh^T)
-            _lstm_cell_(a, t, c[t], c[t + 1])
-            xhat, _, rstd = torch.native_layer_norm(c[t + 1], [H], None, None, eps)
+            _lstm_cell_(a, t, c_prev[t], c[t])
+            xhat, _, rstd = torch.native_layer_norm(c[t], [H], None, None, eps)
             xhat_c[t].copy_(xhat)
             rstd_c.append(rstd)
             torch.addcmul(ln_c_bias, xhat, ln_c_weight, out=tc[t]).tanh_()
-            torch.mul(a.o[t], tc[t], out=h[t + 1])
-            if t >= st.full:
-                st.carry_(t, h[t + 1], h[t])
-                st.carry_(t, c[t + 1], c[t])
-        rstd_hh, rstd_c = (torch.stack(r) if r else xg.new_empty(0, B, 1) for r in (rstd_hh, rstd_c))
-        ctx.steps = st
+            torch.mul(a.o[t], tc[t], out=h[t])
+            _take_final_(t, sizes, ((h_n, h[t]), (c_n, c[t])))
+        ctx.sizes = sizes
         ctx.save_for_backward(
-            w_hh, ln_hh_weight, ln_c_weight, A, xhat_hh_all, xhat_c_all, rstd_hh, rstd_c, h_all, c_all, tc_all
+            h0, c0, w_hh, ln_hh_weight, ln_c_weight, A, xhat_hh_all, xhat_c_all, torch.cat(rstd_hh),
+            torch.cat(rstd_c), h_all, c_all, tc_all,
         )
-        return st.output(h_all, T), h_all[st.S].clone(), c_all[st.S].clone()
+        return h_all, h_n, c_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_h_n, d_c_n):
-        w_hh, ln_hh_w, ln_c_w, A, xhat_hh_all, xhat_c_all, rstd_hh, rstd_c, h_all, c_all, tc_all = ctx.saved_tensors
-        st = ctx.steps
-        S, B, G = A.shape
+        (h0, c0, w_hh, ln_hh_w, ln_c_w, A, xhat_hh_all, xhat_c_all, rstd_hh_all, rstd_c_all, h_all, c_all,
+         tc_all) = ctx.saved_tensors
+        sizes, want_h0 = ctx.sizes, ctx.needs_input_grad[2]
+        G = A.shape[1]
         H = G // 4
-        dH = st.state_grad(d_out, d_h_n)
-        dxg = _input_grad(d_out, S, G)  # = gradient of the gates = of LN_hh's output
-        dWH_all = d_out.new_empty(S, B, G)  # gradient of h W_hh^T
-        dY_c_all = d_out.new_empty(S, B, H)  # gradient of LN_c's output
+        dxg = torch.empty_like(A)  # = gradient of the gates = of LN_hh's output
+        dWH_all = torch.empty_like(A)  # gradient of h W_hh^T
+        dY_c_all = torch.empty_like(c_all)  # gradient of LN_c's output
         dYX_hh, dYX_c = torch.empty_like(dWH_all), torch.empty_like(dY_c_all)  # dY * xhat, summed for dLoss/dw
-        a, d = _LSTMGates(A), _LSTMGates(dxg[:S])
-        dh, c, tc, dWH, dY_c = (x.unbind(0) for x in (dH, c_all, tc_all, dWH_all, dY_c_all))
-        xhat_hh, xhat_c, dyx_hh, dyx_c = (x.unbind(0) for x in (xhat_hh_all, xhat_c_all, dYX_hh, dYX_c))
-        rstd_hh, rstd_c = rstd_hh.unbind(0), rstd_c.unbind(0)
+        a, d = _LSTMGates(A, sizes), _LSTMGates(dxg, sizes)
+        c_prev, d_o = _previous(c0, c_all.split(sizes), sizes), d_out.split(sizes)
+        tc, dWH, dY_c = (x.split(sizes) for x in (tc_all, dWH_all, dY_c_all))
+        xhat_hh, xhat_c, dyx_hh, dyx_c = (x.split(sizes) for x in (xhat_hh_all, xhat_c_all, dYX_hh, dYX_c))
+        rstd_hh, rstd_c = rstd_hh_all.split(sizes), rstd_c_all.split(sizes)
         neg_mean_hh, neg_mean_c = -ln_hh_w[:, None] / G, -ln_c_w[:, None] / H  # (N, 1)
-        dc = d_c_n.clone(memory_format=torch.contiguous_format)
-        dc_pass, tmp, dc_ln = (d_out.new_empty(B, H) for _ in range(3))
-        s1, s2 = d_out.new_empty(B, 1), d_out.new_empty(B, 1)
-        for t in reversed(range(S)):
-            if t >= st.full:
-                st.split_(t, dh[t + 1], dh[t])
-                st.split_(t, dc, dc_pass.zero_())
-            _output_gate_grad_(a, d, t, dh[t + 1], tc[t], dY_c[t])
-            _layer_norm_grad_(dY_c[t], ln_c_w, neg_mean_c, rstd_c[t], xhat_c[t], dc_ln, dyx_c[t], s1, s2)
-            _cell_grad_(a, d, t, dc.add_(dc_ln), c[t], tmp)
-            if t >= st.full:
-                dc.add_(dc_pass)
-            _layer_norm_grad_(d.all[t], ln_hh_w, neg_mean_hh, rstd_hh[t], xhat_hh[t], dWH[t], dyx_hh[t], s1, s2)
-            dh[t].addmm_(dWH[t], w_hh)
-        d_w_hh = dWH_all.flatten(0, 1).t() @ h_all[:S].flatten(0, 1)  # (4H, H)
-        d_ln_hh = dYX_hh.sum((0, 1)), dxg[:S].sum((0, 1))
-        d_ln_c = dYX_c.sum((0, 1)), dY_c_all.sum((0, 1))
-        return dxg, None, dH[0], dc, d_w_hh, *d_ln_hh, *d_ln_c, None
+        dh, dc = _start(d_h_n), _start(d_c_n)  # as in _LSTM.backward
+        tmp, dc_ln = A.new_empty(dc.shape), A.new_empty(dc.shape)
+        s1, s2 = A.new_empty(dc.shape[0], 1), A.new_empty(dc.shape[0], 1)
+        for t in reversed(range(len(sizes))):
+            n = sizes[t]
+            dh_t = dh[:n].add_(d_o[t])
+            _output_gate_grad_(a, d, t, dh_t, tc[t], dY_c[t])
+            _layer_norm_grad_(dY_c[t], ln_c_w, neg_mean_c, rstd_c[t], xhat_c[t], dc_ln[:n], dyx_c[t], s1[:n], s2[:n])
+            _cell_grad_(a, d, t, dc[:n].add_(dc_ln[:n]), c_prev[t], tmp[:n])
+            _layer_norm_grad_(d.all[t], ln_hh_w, neg_mean_hh, rstd_hh[t], xhat_hh[t], dWH[t], dyx_hh[t], s1[:n],
+                              s2[:n])
+            if t > 0 or want_h0:
+                torch.mm(dWH[t], w_hh, out=dh[:n])
+        d_w_hh = dWH_all.t() @ torch.cat([h0[:0], *_previous(h0, h_all.split(sizes), sizes)])  # (4H, H)
+        d_ln_hh = dYX_hh.sum(0), dxg.sum(0)
+        d_ln_c = dYX_c.sum(0), dY_c_all.sum(0)
+        return dxg, None, dh if want_h0 else None, dc, d_w_hh, *d_ln_hh, *d_ln_c, None
+
+
+def packed_lstm(xg, packing, h0, c0, w_hh, w_hr=None):
+    """LSTM loop over packed ``xg`` (N, 4H) = x W_ih^T + b_ih + b_hh, gates i, f, g, o, in the order of
+    ``packing``; h0 (B, P), c0 (B, H) in batch order. Returns out (N, P) packed, h_n (B, P), c_n (B, H);
+    with ``w_hr`` (P, H), h = (o * tanh(c)) W_hr^T.
+    """
+    out, h_n, c_n = _LSTM.apply(xg, packing.batch_sizes, packing.sort(h0), packing.sort(c0), w_hh, w_hr)
+    return out, packing.unsort(h_n), packing.unsort(c_n)
+
+
+def packed_gru(xg, packing, h0, w_hh, b_hh=None):
+    """GRU loop over packed ``xg`` (N, 3H) = x W_ih^T + b_ih, gates r, z, n; h0 (B, H) in batch order.
+
+    n = tanh(xg_n + r * (h W_hn^T + b_hn)), h = (1 - z) * n + z * h_prev (torch's convention).
+    Returns out (N, H) packed, h_n (B, H).
+    """
+    out, h_n = _GRU.apply(xg, packing.batch_sizes, packing.sort(h0), w_hh, b_hh)
+    return out, packing.unsort(h_n)
+
+
+def packed_layernorm_lstm(xg, packing, h0, c0, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, eps=1e-5):
+    """LayerNorm-LSTM loop (Ba et al. 2016, "Layer Normalization", sec. 3.1, eq. 20-22) over packed
+    ``xg`` (N, 4H) = LN_ih(x W_ih^T) + b_ih + b_hh; gates = xg + LN_hh(h W_hh^T);
+    c = f * c_prev + i * g; h = o * tanh(LN_c(c)). Returns out (N, H) packed, h_n (B, H), c_n (B, H).
+    """
+    out, h_n, c_n = _LayerNormLSTM.apply(xg, packing.batch_sizes, packing.sort(h0), packing.sort(c0), w_hh,
+                                         ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, eps)
+    return out, packing.unsort(h_n), packing.unsort(c_n)
+
+
+def _padded(packed, xg, lengths, *args):
+    """Run the ``packed`` loop on padded ``xg`` (T, B, G): pack, run, unpack the output to (T, B, ·)."""
+    T, B = xg.shape[:2]
+    packing = Packing(None if lengths is None else lengths.to(xg.device), T, B)
+    out, *finals = packed(packing.pack(xg), packing, *args)
+    return (packing.unpack(out), *finals)
 
 
 def lstm_recurrence(xg, lengths, h0, c0, w_hh, w_hr=None):
@@ -316,7 +399,7 @@ def lstm_recurrence(xg, lengths, h0, c0, w_hh, w_hr=None):
 
     Returns out (T, B, P), h_n (B, P), c_n (B, H); with ``w_hr`` (P, H), h = (o * tanh(c)) W_hr^T.
     """
-    return _LSTM.apply(xg, lengths, h0, c0, w_hh, w_hr)
+    return _padded(packed_lstm, xg, lengths, h0, c0, w_hh, w_hr)
 
 
 def gru_recurrence(xg, lengths, h0, w_hh, b_hh=None):
@@ -324,7 +407,7 @@ def gru_recurrence(xg, lengths, h0, w_hh, b_hh=None):
 
     n = tanh(xg_n + r * (h W_hn^T + b_hn)), h = (1 - z) * n + z * h_prev (torch's convention).
     """
-    return _GRU.apply(xg, lengths, h0, w_hh, b_hh)
+    return _padded(packed_gru, xg, lengths, h0, w_hh, b_hh)
 
 
 def layernorm_lstm_recurrence(
@@ -335,4 +418,5 @@ def layernorm_lstm_recurrence(
     xg (T, B, 4H) = LN_ih(x W_ih^T) + b_ih + b_hh; gates = xg + LN_hh(h W_hh^T);
     c = f * c_prev + i * g; h = o * tanh(LN_c(c)). Returns out (T, B, H), h_n (B, H), c_n (B, H).
     """
-    return _LayerNormLSTM.apply(xg, lengths, h0, c0, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, eps)
+    return _padded(packed_layernorm_lstm, xg, lengths, h0, c0, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight,
+                   ln_c_bias, eps)
