@@ -197,6 +197,28 @@ def test_every_config_field_has_a_train_flag(capsys):
         assert flags.get(name, "--" + name.replace("_", "-")) in out, name
 
 
+def test_a_finetuned_run_reloads_its_encoder_and_reproduces_its_metrics(tmp_path, capsys):
+    out, output = tmp_path / "ft", tmp_path / "eval.json"
+    assert main(["train", "--data", str(_meld(tmp_path)), "--out", str(out), "--encoder", "minilm", "--finetune",
+                 "--encoder-lr", "1e-3", "--warmup", "0.5", "--schedule", "linear", "--token-budget", "12",
+                 "--epochs", "1", "--batch-size", "2", "--context-hidden", "4", "--speaker-hidden", "4",
+                 "--quiet"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["finetune"] and config["model"]["encoder_lr"] == 1e-3
+    assert (config["trainer"]["warmup"], config["trainer"]["schedule"], config["trainer"]["token_budget"]) == \
+        (0.5, "linear", 12)
+    weights = load_file(out / "model.safetensors")
+    name = "encoder.backbone.embeddings.word_embeddings.weight"
+    pretrained = load_file(Path(json.loads((out / "encoder.json").read_text())["model_dir"]) / "model.safetensors")
+    assert not np.array_equal(weights[name].numpy(), pretrained[name.replace("encoder.backbone.", "")].numpy())
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(out), "--output", str(output)]) == 0
+    saved = json.loads((out / "metrics.json").read_text())["test"]
+    evaluated = json.loads(output.read_text())
+    for key in ("weighted_f1", "accuracy", "report", "confusion"):
+        assert evaluated[key] == saved[key], key
+
+
 def test_torchrun_two_processes(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -12,6 +12,7 @@ from rnnkit.erc.data import DataError, Dialogue, Utterance
 from rnnkit.erc.encoders import (
     FeaturesEncoder,
     TokenEncoder,
+    TrainableTransformerEncoder,
     TransformerEncoder,
     build_encoder,
     load_encoder,
@@ -158,6 +159,76 @@ def test_load_encoder_rejects_a_different_model(minilm, tmp_path):
 def test_not_a_model_directory(tmp_path):
     with pytest.raises(ValueError, match="not a Hugging Face model directory"):
         resolve_model_dir(str(tmp_path))
+
+
+# ---- fine-tuned transformer ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trainable():
+    return TrainableTransformerEncoder("minilm")
+
+
+def test_trainable_encoder_starts_from_the_frozen_vectors(minilm, trainable):
+    trainable.eval()
+    inputs = trainable.batch_inputs(SENTENCES)
+    assert inputs["input_ids"].shape[:2] == inputs["attention_mask"].shape[:2] == (2, 2)
+    assert not inputs["attention_mask"][1, 1].any()  # padding utterance
+    torch.testing.assert_close(trainable(inputs), minilm(minilm.batch_inputs(SENTENCES)), atol=1e-5, rtol=1e-4)
+    assert trainable.identity == minilm.identity
+
+
+def test_trainable_encoder_chunks_by_length_without_changing_the_vectors(trainable, monkeypatch):
+    """Utterances are encoded in length-sorted chunks; chunk boundaries must not move any vector."""
+    trainable.eval()
+    dialogues = TRAIN + SENTENCES
+    inputs = trainable.batch_inputs(dialogues)
+    whole = trainable(inputs)  # (4, 3, 384): one chunk
+    monkeypatch.setattr(trainable, "chunk_size", 2)
+    torch.testing.assert_close(trainable(inputs), whole, atol=1e-5, rtol=1e-4)
+    assert torch.equal(whole[1, 1:], torch.zeros(2, 384))
+
+
+def test_trainable_encoder_passes_gradients_and_caches_nothing(trainable, tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNKIT_CACHE", str(tmp_path))
+    encoder = build_encoder(ERCConfig(num_labels=3, encoder="minilm", finetune=True), SENTENCES)
+    assert isinstance(encoder, TrainableTransformerEncoder)
+    encoder.train()
+    out = encoder(encoder.batch_inputs(SENTENCES))  # (2, 2, 384)
+    out[:, :, 0].sum().backward()
+    grads = [p.grad for p in encoder.parameters()]
+    assert all(g is not None for g in grads) and all(bool(g.abs().sum() > 0) for g in grads[-4:])
+    assert any(name.startswith("backbone.") for name in encoder.state_dict())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_trainable_encoder_counts_and_truncates_tokens(trainable):
+    dialogue = SENTENCES[0]
+    mask = trainable.batch_inputs([dialogue])["attention_mask"]
+    assert trainable.num_tokens(dialogue) == int(mask.sum())
+    short = TrainableTransformerEncoder("minilm", max_tokens=4)
+    assert short.batch_inputs(SENTENCES)["input_ids"].shape[-1] == 4
+    assert short.num_tokens(dialogue) == 8  # two utterances, four tokens each
+
+
+def test_speaker_in_text_prefixes_the_name(minilm, trainable):
+    named = TrainableTransformerEncoder("minilm", speaker_in_text=True)
+    ids = named.batch_inputs(SENTENCES)["input_ids"][0, 1]
+    assert named.tokenizer.decode(ids, skip_special_tokens=True) == "b : this is awful."
+    frozen = TransformerEncoder("minilm", cache_dir=minilm.cache_path.parent, speaker_in_text=True)
+    vectors = frozen.batch_inputs(SENTENCES)["features"]  # (2, 2, 384)
+    torch.testing.assert_close(vectors[0, 1], minilm.embed(["B: This is awful."])[0])
+    assert not torch.allclose(vectors[0, 1], minilm.batch_inputs(SENTENCES)["features"][0, 1])
+
+
+def test_trainable_encoder_save_and_load(trainable, tmp_path):
+    config = ERCConfig(num_labels=3, encoder="minilm", finetune=True)
+    trainable.save(tmp_path)
+    loaded = load_encoder(config, tmp_path)
+    assert isinstance(loaded, TrainableTransformerEncoder) and loaded.identity == trainable.identity
+    saved = json.loads((tmp_path / "encoder.json").read_text())
+    (tmp_path / "encoder.json").write_text(json.dumps(saved | {"identity": "0" * 32}))
+    with pytest.raises(ValueError, match="differs from the one the run"):
+        load_encoder(config, tmp_path)
 
 
 # ---- precomputed features ---------------------------------------------------------------------

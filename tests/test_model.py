@@ -128,6 +128,10 @@ def test_features_encoder_feeds_the_model(tmp_path):
         ("encoder", "features:", r"ERCConfig.encoder 'features:' needs a file"),
         ("encoder", 3, r"ERCConfig.encoder must be a string, got int"),
         ("cache_dir", 5, r"ERCConfig.cache_dir must be None or a path string, got 5"),
+        ("finetune", True, r"ERCConfig.finetune needs a transformer encoder .* got encoder 'words'"),
+        ("finetune", 1, r"ERCConfig.finetune must be True or False, got 1"),
+        ("speaker_in_text", True, r"ERCConfig.speaker_in_text needs a transformer encoder .* got encoder 'words'"),
+        ("encoder_lr", 0.0, r"ERCConfig.encoder_lr must be a finite number > 0, got 0.0"),
     ],
 )
 def test_config_validation_names_the_field(field, value, message):
@@ -140,3 +144,38 @@ def test_config_dict_round_trip_rejects_unknown_keys(tmp_path):
     assert ERCConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match=r"unknown ERCConfig field\(s\) 'hiden', 'lr'"):
         ERCConfig.from_dict(config.to_dict() | {"hiden": 3, "lr": 0.1})
+
+
+# ---- fine-tuning the transformer encoder -------------------------------------------------------
+
+def _step(model):
+    """One AdamW step on the batch's cross-entropy, with the model's parameter groups."""
+    optimizer = torch.optim.AdamW(model.param_groups(1e-2))
+    batch = collate_dialogues(DIALOGUES, model.encoder, LABELS)
+    logits = model(batch)  # (B, U, L)
+    torch.nn.functional.cross_entropy(logits.reshape(-1, 3), batch.labels.reshape(-1)).backward()
+    optimizer.step()
+    return optimizer
+
+
+def test_finetuning_trains_the_encoder_with_its_own_learning_rate():
+    model = _model(encoder="minilm", finetune=True, encoder_lr=3e-5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = _step(model)
+    assert [(g["name"], g["lr"]) for g in optimizer.param_groups] == [("head", 1e-2), ("encoder", 3e-5)]
+    grouped = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())  # every parameter, once
+    assert {id(p) for p in optimizer.param_groups[1]["params"]} == {id(p) for p in model.encoder.parameters()}
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert "encoder.backbone.embeddings.word_embeddings.weight" in changed
+    assert "classifier.weight" in changed
+
+
+def test_a_frozen_transformer_stays_frozen(tmp_path):
+    model = _model(encoder="minilm", cache_dir=str(tmp_path))
+    assert not any(k.startswith("encoder.") for k in model.state_dict())
+    features = model.encoder.batch_inputs(DIALOGUES)["features"]
+    optimizer = _step(model)
+    assert len(optimizer.param_groups) == 1
+    torch.testing.assert_close(model.encoder.batch_inputs(DIALOGUES)["features"], features, atol=0, rtol=0)
+    torch.testing.assert_close(model.encoder.embed(["We won!"])[0], features[0, 2], atol=1e-6, rtol=1e-5)

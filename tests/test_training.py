@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -16,7 +17,9 @@ from rnnkit.erc.training import (
     Trainer,
     TrainerConfig,
     atomic_write_bytes,
+    budget_batches,
     load_weights,
+    lr_factor,
     save_weights,
 )
 
@@ -150,10 +153,13 @@ def test_empty_training_set_raises():
         ({"grad_clip": -1.0}, "TrainerConfig.grad_clip must be a finite number >= 0, got -1.0"),
         ({"seed": -2}, "TrainerConfig.seed must be an integer >= 0, got -2"),
         ({"device": "toaster"}, "TrainerConfig.device must be 'auto' or a torch device"),
+        ({"warmup": 1.0}, "TrainerConfig.warmup must be a fraction of the training steps in [0, 1), got 1.0"),
+        ({"schedule": "step"}, "TrainerConfig.schedule must be one of constant, linear, cosine, got 'step'"),
+        ({"token_budget": 0}, "TrainerConfig.token_budget must be None or an integer >= 1, got 0"),
     ],
 )
 def test_trainer_config_validation(kwargs, message):
-    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         TrainerConfig(**kwargs)
 
 
@@ -191,3 +197,95 @@ def test_resume_from_a_damaged_checkpoint_raises(tmp_path):
     (tmp_path / CHECKPOINT_DIR / STATE_FILE).write_bytes(b"\x00 not a checkpoint")
     with pytest.raises(CheckpointError, match="damaged checkpoint"):
         _trainer(tmp_path, epochs=3).fit(resume=True)
+
+
+# -- learning-rate schedule, parameter groups, token-budget batches -------------------------------------------
+
+def test_lr_factor_warms_up_then_decays():
+    total, warmup = 10, 4
+    assert [lr_factor(s, total, warmup, "constant") for s in range(total)] == [0.25, 0.5, 0.75] + [1.0] * 7
+    linear = [lr_factor(s, total, warmup, "linear") for s in range(warmup, total)]
+    assert linear == pytest.approx([1 - k / 6 for k in range(6)])
+    cosine = [lr_factor(s, total, warmup, "cosine") for s in range(warmup, total)]
+    assert cosine[0] == 1.0 and cosine[3] == pytest.approx(0.5)  # half-way through the decay
+    assert all(a > b > 0 for a, b in zip(cosine, cosine[1:]))
+    assert lr_factor(0, 5, 0, "linear") == 1.0  # no warm-up: the first step runs at the full rate
+
+
+def _budget_trainer(out_dir=None, epochs=3, **settings):
+    """A trainer with two parameter groups, a warm-up/decay schedule and token-budget batches."""
+    model = _model()
+    groups = [{"name": "first", "params": model[0].parameters(), "lr": 1e-2},
+              {"name": "last", "params": model[3].parameters(), "lr": 1e-3}]
+    config = TrainerConfig(epochs=epochs, batch_size=4, lr=5e-3, seed=1, quiet=True,
+                           **{"warmup": 0.3, "schedule": "cosine", "token_budget": 9} | settings)
+    dev = _collate(_items(8, seed=8))
+
+    def evaluate(m):
+        return {"neg_loss": -_loss(m, dev).item()}
+
+    return Trainer(model, _items(), _collate, _loss, evaluate, "neg_loss", config, out_dir,
+                   param_groups=groups, item_size=lambda item: 1 + int(item[0].abs().sum() * 2) % 5)  # 1..5
+
+
+def test_param_groups_keep_their_rates_and_follow_the_schedule():
+    trainer = _budget_trainer(epochs=2)
+    seen = []
+    loss_fn = trainer.loss_fn
+    trainer.loss_fn = lambda m, b: seen.append([g["lr"] for g in trainer.optimizer.param_groups]) or loss_fn(m, b)
+    trainer.fit()
+    assert [g["name"] for g in trainer.optimizer.param_groups] == ["first", "last"]
+    total = len(trainer._epoch_batches(1)) + len(trainer._epoch_batches(2))
+    warmup = round(0.3 * total)
+    assert len(seen) == total and warmup >= 2
+    for step, (first, last) in enumerate(seen):
+        factor = lr_factor(step, total, warmup, "cosine")
+        assert (first, last) == pytest.approx((1e-2 * factor, 1e-3 * factor))
+
+
+def test_budget_batches_respect_the_budget_and_cover_every_item_once():
+    assert budget_batches([3, 0, 2, 1], [5, 2, 4, 6], 8, 4) == [[3], [0], [2, 1]]
+    g = torch.Generator().manual_seed(0)
+    sizes = torch.randint(1, 12, (200,), generator=g).tolist()
+    order = torch.randperm(200, generator=g).tolist()
+    batches = budget_batches(order, sizes + [30], 20, 5) + budget_batches([200], sizes + [30], 20, 5)
+    assert [i for b in batches for i in b] == order + [200]
+    for batch in batches:
+        assert len(batch) <= 5
+        assert sum((sizes + [30])[i] for i in batch) <= 20 or len(batch) == 1  # only a lone item may exceed it
+
+
+def test_token_budget_epochs_are_deterministic_and_cover_every_item():
+    a, b = _budget_trainer(), _budget_trainer()
+    sizes = a._sizes
+    for epoch in (1, 2):
+        batches = a._epoch_batches(epoch)
+        assert batches == b._epoch_batches(epoch)
+        assert sorted(i for batch in batches for i in batch) == list(range(len(a.train_items)))
+        assert all(sum(sizes[i] for i in batch) <= 9 and len(batch) <= 4 for batch in batches)
+    assert a._epoch_batches(1) != a._epoch_batches(2)
+    with pytest.raises(ValueError, match="token_budget needs Trainer.item_size"):
+        Trainer(_model(), _items(), _collate, _loss, lambda m: {}, "a", TrainerConfig(token_budget=5))
+
+
+def test_resume_with_schedule_and_token_budget_matches_an_uninterrupted_run(tmp_path):
+    full = _budget_trainer(tmp_path / "full", epochs=3)
+    full_result = full.fit()
+    interrupted = _budget_trainer(tmp_path / "split", epochs=3)
+    train_epoch = interrupted._train_epoch
+
+    def stop_in_epoch_3(epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return train_epoch(epoch)
+
+    interrupted._train_epoch = stop_in_epoch_3
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    with pytest.raises(CheckpointError, match=r"written with schedule='cosine'"):
+        _budget_trainer(tmp_path / "split", epochs=3, schedule="linear").fit(resume=True)
+    resumed = _budget_trainer(tmp_path / "split", epochs=3)
+    assert resumed.fit(resume=True) == full_result
+    assert resumed.scheduler.last_epoch == full.scheduler.last_epoch
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [g["lr"] for g in full.optimizer.param_groups]
+    _assert_same_weights(resumed.model, full.model)

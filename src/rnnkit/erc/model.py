@@ -20,6 +20,7 @@ Shapes: B dialogues, U utterances (padded), D utterance width, H hidden, L label
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 
@@ -51,8 +52,14 @@ class ERCConfig:
     num_layers: layers of the context and speaker LSTMs.
     dropout: on the utterance vectors and before the classifier (and between stacked layers).
     use_context, use_speaker: the two ablation switches.
-    min_freq, max_tokens: vocabulary cut-off and per-utterance token limit (None: no limit).
+    min_freq, max_tokens: vocabulary cut-off and per-utterance token limit (None: no limit; a
+        transformer keeps to its own limit as well).
     cache_dir: where transformer features are cached (None: $RNNKIT_CACHE or ~/.cache/rnnkit).
+    finetune: train the transformer encoder ("minilm" or a model directory) with the rest of the model
+        instead of reading frozen, cached vectors.
+    speaker_in_text: a transformer encoder reads "Name: text" instead of the text alone.
+    encoder_lr: learning rate of the fine-tuned encoder (the rest trains at ``TrainerConfig.lr``); BERT-like
+        encoders fine-tune at 1e-5..5e-5 (Devlin et al. 2019, sec. A.3), far below a fresh RNN's rate.
     """
 
     num_labels: int
@@ -68,6 +75,9 @@ class ERCConfig:
     min_freq: int = 1
     max_tokens: int | None = None
     cache_dir: str | None = None
+    finetune: bool = False
+    speaker_in_text: bool = False
+    encoder_lr: float = 2e-5
 
     def __post_init__(self) -> None:
         for name in ("num_labels", "embedding_dim", "encoder_hidden", "context_hidden", "speaker_hidden",
@@ -77,12 +87,19 @@ class ERCConfig:
             _check_int("max_tokens", self.max_tokens, "None or an int >= 1")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ValueError(f"ERCConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
-        for name in ("use_context", "use_speaker"):
+        for name in ("use_context", "use_speaker", "finetune", "speaker_in_text"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ERCConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        lr = self.encoder_lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"ERCConfig.encoder_lr must be a finite number > 0, got {lr!r}")
         if self.cache_dir is not None and not isinstance(self.cache_dir, str):
             raise ValueError(f"ERCConfig.cache_dir must be None or a path string, got {self.cache_dir!r}")
         self._check_encoder()
+        for name in ("finetune", "speaker_in_text"):
+            if getattr(self, name) and (self.encoder in ("words", "chars") or self.encoder.startswith("features:")):
+                raise ValueError(f"ERCConfig.{name} needs a transformer encoder ('minilm' or a local model "
+                                 f"directory), got encoder {self.encoder!r}")
 
     def _check_encoder(self) -> None:
         encoder = self.encoder
@@ -193,3 +210,17 @@ class ERCModel(nn.Module):
             context, _ = self.context(x, lengths=batch.lengths)  # (B, U, 2H)
             parts.append(context)
         return self.classifier(self.dropout(torch.cat(parts, dim=-1)))  # (B, U, L)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimizer parameter groups: ``"head"`` at ``lr`` and, when fine-tuning, ``"encoder"`` at ``encoder_lr``.
+
+        The RNNs and the classifier start from random weights and need a large rate; a pretrained
+        encoder at that rate would forget what it knows within a few steps.
+        """
+        if not self.config.finetune:
+            return [{"name": "head", "params": list(self.parameters()), "lr": lr}]
+        encoder = list(self.encoder.parameters())
+        ids = {id(p) for p in encoder}
+        head = [p for p in self.parameters() if id(p) not in ids]
+        return [{"name": "head", "params": head, "lr": lr},
+                {"name": "encoder", "params": encoder, "lr": self.config.encoder_lr}]
