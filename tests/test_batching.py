@@ -11,6 +11,7 @@ import rnnkit.batching
 from rnnkit.batching import (
     Batch,
     BucketBatchSampler,
+    budget_batches,
     collate,
     last_valid,
     lengths_to_mask,
@@ -337,3 +338,15 @@ def test_last_valid_errors(output, lengths, message):
 def test_docstring_examples():
     results = doctest.testmod(rnnkit.batching)
     assert results.attempted > 0 and results.failed == 0
+
+
+def test_budget_batches_respect_the_budget_and_cover_every_item_once():
+    assert budget_batches([3, 0, 2, 1], [5, 2, 4, 6], 8, 4) == [[3], [0], [2, 1]]
+    g = torch.Generator().manual_seed(0)
+    sizes = torch.randint(1, 12, (200,), generator=g).tolist()
+    order = torch.randperm(200, generator=g).tolist()
+    batches = budget_batches(order, sizes + [30], 20, 5) + budget_batches([200], sizes + [30], 20, 5)
+    assert [i for b in batches for i in b] == order + [200]
+    for batch in batches:
+        assert len(batch) <= 5
+        assert sum((sizes + [30])[i] for i in batch) <= 20 or len(batch) == 1  # only a lone item may exceed it

@@ -6,7 +6,15 @@ import pytest
 
 from rnnkit.erc.corpus import BUILTIN_LABELS, builtin_corpus
 from rnnkit.erc.data import (
-    DataError, Dialogue, Utterance, detect_format, label_set, metric_name, neutral_label, read_file, read_split,
+    DataError,
+    Dialogue,
+    Utterance,
+    detect_format,
+    label_set,
+    metric_name,
+    neutral_label,
+    read_file,
+    read_split,
     write_jsonl,
 )
 

@@ -1,14 +1,14 @@
-"""Tests for rnnkit.erc.training: the model-agnostic loop, checkpoints, resume and atomic writes."""
+"""Tests for rnnkit.erc.training: the model-agnostic loop, checkpoints, resume, schedules and parameter groups."""
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
 import torch
 from torch import nn
 
+from rnnkit._io import load_weights
 from rnnkit.erc.training import (
     CHECKPOINT_DIR,
     STATE_FILE,
@@ -16,11 +16,7 @@ from rnnkit.erc.training import (
     CheckpointError,
     Trainer,
     TrainerConfig,
-    atomic_write_bytes,
-    budget_batches,
-    load_weights,
     lr_factor,
-    save_weights,
 )
 
 
@@ -163,27 +159,6 @@ def test_trainer_config_validation(kwargs, message):
         TrainerConfig(**kwargs)
 
 
-def test_atomic_write_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeypatch):
-    target = tmp_path / "metrics.json"
-    atomic_write_bytes(target, b"old")
-
-    def failing_replace(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write_bytes(target, b"new")
-    assert target.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
-
-
-def test_save_and_load_weights_round_trip(tmp_path):
-    a, b = _model(), nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 2))
-    save_weights(a.state_dict(), tmp_path / "w.safetensors", epoch="1")
-    load_weights(b, tmp_path / "w.safetensors")
-    _assert_same_weights(a, b)
-
-
 def test_resume_with_other_optimisation_settings_raises(tmp_path):
     _trainer(tmp_path, epochs=2).fit()
     trainer = _trainer(tmp_path, epochs=3)
@@ -241,18 +216,6 @@ def test_param_groups_keep_their_rates_and_follow_the_schedule():
     for step, (first, last) in enumerate(seen):
         factor = lr_factor(step, total, warmup, "cosine")
         assert (first, last) == pytest.approx((1e-2 * factor, 1e-3 * factor))
-
-
-def test_budget_batches_respect_the_budget_and_cover_every_item_once():
-    assert budget_batches([3, 0, 2, 1], [5, 2, 4, 6], 8, 4) == [[3], [0], [2, 1]]
-    g = torch.Generator().manual_seed(0)
-    sizes = torch.randint(1, 12, (200,), generator=g).tolist()
-    order = torch.randperm(200, generator=g).tolist()
-    batches = budget_batches(order, sizes + [30], 20, 5) + budget_batches([200], sizes + [30], 20, 5)
-    assert [i for b in batches for i in b] == order + [200]
-    for batch in batches:
-        assert len(batch) <= 5
-        assert sum((sizes + [30])[i] for i in batch) <= 20 or len(batch) == 1  # only a lone item may exceed it
 
 
 def test_token_budget_epochs_are_deterministic_and_cover_every_item():

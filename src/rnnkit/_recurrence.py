@@ -187,7 +187,6 @@ class _LSTM(torch.autograd.Function):
     def backward(ctx, d_out, d_h_n, d_c_n):
         h0, c0, w_hh, w_hr, A, h_all, c_all, tc_all, m_all = ctx.saved_tensors
         sizes, want_h0 = ctx.sizes, ctx.needs_input_grad[2]
-        H = A.shape[1] // 4
         dxg = torch.empty_like(A)  # = gradient of the gate pre-activations
         dh_all = torch.empty_like(h_all)  # dLoss/dh of every step
         a, d = _LSTMGates(A, sizes), _LSTMGates(dxg, sizes)

@@ -25,6 +25,7 @@ __all__ = [
     "mask_to_lengths",
     "collate",
     "BucketBatchSampler",
+    "budget_batches",
     "last_valid",
 ]
 
@@ -231,3 +232,27 @@ def last_valid(output: torch.Tensor, lengths: Sequence[int] | torch.Tensor, batc
     if len(empty):
         raise ValueError(f"sequence {int(empty[0])} has length 0, so it has no last valid output")
     return gather_last(x, lengths)  # (B, *)
+
+
+def budget_batches(order: Sequence[int], sizes: Sequence[int], budget: int, max_items: int) -> list[list[int]]:
+    """Cut ``order`` into consecutive batches of at most ``max_items`` items and ``budget`` tokens.
+
+    ``sizes[i]`` is the token count of item ``i``. Items keep their order (the caller shuffles, so batches
+    are as random as with a fixed batch size and as deterministic); a batch closes when the next item would
+    break either limit. An item larger than ``budget`` on its own forms a batch by itself: it cannot be split,
+    and dropping it would silently shrink the training set.
+    Before / after: ``order=[3, 0, 2, 1]``, ``sizes=[5, 2, 4, 6]``, ``budget=8``, ``max_items=4`` ->
+    ``[[3], [0], [2, 1]]``.
+    """
+    batches: list[list[int]] = []
+    current: list[int] = []
+    tokens = 0
+    for i in order:
+        if current and (tokens + sizes[i] > budget or len(current) == max_items):
+            batches.append(current)
+            current, tokens = [], 0
+        current.append(i)
+        tokens += sizes[i]
+    if current:
+        batches.append(current)
+    return batches

@@ -27,12 +27,13 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from rnnkit._io import atomic_write_bytes, load_weights
 from rnnkit.cli._errors import CLIError
 from rnnkit.erc.data import DataError, Dialogue, detect_format, metric_name, neutral_label, read_split
 from rnnkit.erc.encoders import UtteranceEncoder, load_encoder
 from rnnkit.erc.metrics import compute_metrics
 from rnnkit.erc.model import IGNORE_INDEX, ERCConfig, ERCModel, collate_dialogues
-from rnnkit.erc.training import WEIGHTS_FILE, atomic_write_bytes, load_weights
+from rnnkit.erc.training import WEIGHTS_FILE
 
 __all__ = [
     "CONFIG_FILE", "METRICS_FILE", "CONFUSION_PNG", "CURVES_PNG", "EVAL_BATCH_SIZE",

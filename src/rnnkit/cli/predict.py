@@ -7,10 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from rnnkit._io import atomic_write_bytes
 from rnnkit.cli._errors import CLIError
 from rnnkit.cli._rundir import load_run, predict_probabilities
 from rnnkit.erc.data import read_file
-from rnnkit.erc.training import atomic_write_bytes
 
 __all__ = ["add_parser", "run"]
 

@@ -18,19 +18,27 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from rnnkit._io import atomic_write_bytes
 from rnnkit.cli._errors import CLIError
 from rnnkit.cli._plots import confusion_png, curves_png
 from rnnkit.cli._rundir import (
-    CONFIG_FILE, CONFUSION_PNG, CURVES_PNG, METRICS_FILE, check_labels, erc_loss, read_dialogues, read_json,
-    resolve_format, score, write_json,
+    CONFIG_FILE,
+    CONFUSION_PNG,
+    CURVES_PNG,
+    METRICS_FILE,
+    check_labels,
+    erc_loss,
+    read_dialogues,
+    read_json,
+    resolve_format,
+    score,
+    write_json,
 )
 from rnnkit.erc.data import FORMATS, SPLITS, Dialogue, label_set, metric_name
+from rnnkit.erc.distributed import DistInfo, init_distributed, seed_everything
 from rnnkit.erc.encoders import build_encoder, load_encoder
 from rnnkit.erc.model import ERCConfig, ERCModel, collate_dialogues
-from rnnkit.erc.training import (
-    CHECKPOINT_DIR, SCHEDULES, STATE_FILE, DistInfo, Trainer, TrainerConfig, atomic_write_bytes, init_distributed,
-    seed_everything,
-)
+from rnnkit.erc.training import CHECKPOINT_DIR, SCHEDULES, STATE_FILE, Trainer, TrainerConfig
 
 __all__ = ["add_parser", "run", "ABLATIONS"]
 

@@ -49,9 +49,9 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from rnnkit._io import atomic_write_bytes
 from rnnkit.batching import pad_sequences
 from rnnkit.erc.data import DataError, Dialogue, Utterance
-from rnnkit.erc.training import atomic_write_bytes
 from rnnkit.layers import LSTM
 from rnnkit.vocab import PAD, Vocab, char_tokenize, word_tokenize
 

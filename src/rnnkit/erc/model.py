@@ -204,7 +204,11 @@ class ERCModel(nn.Module):
         self.classifier = nn.Linear(width, config.num_labels)
 
     def forward(self, batch: DialogueBatch) -> torch.Tensor:
-        x = self.dropout(self.encoder(batch.inputs))  # (B, U, D)
+        return self.classify(self.encoder(batch.inputs), batch)
+
+    def classify(self, utterances: torch.Tensor, batch: DialogueBatch) -> torch.Tensor:
+        """Logits (B, U, L) from the encoder's utterance vectors (B, U, D): everything after the encoder."""
+        x = self.dropout(utterances)  # (B, U, D)
         parts = [x if self.fusion is None else self.fusion(x, batch.speakers, batch.lengths)]  # (B, U, D)
         if self.context is not None:
             context, _ = self.context(x, lengths=batch.lengths)  # (B, U, 2H)
