@@ -1,16 +1,21 @@
-"""MELD with frozen all-MiniLM-L6-v2 utterance vectors: the full model and its two ablations over seeds.
+"""MELD with all-MiniLM-L6-v2, frozen or fine-tuned: the full model and its two ablations over seeds.
 
-Drives the ``rnnkit`` command line as a user would: ``rnnkit train --encoder minilm`` once per variant
-and seed into ``RUNS_DIR/<variant>-seed<seed>``, then ``rnnkit predict`` on the test CSV for speed. It
-reads each run's metrics.json and prints a markdown table of dev and test weighted F1 and test accuracy
-(mean ± std over seeds), wall seconds per epoch and in all. The epoch is chosen by dev weighted F1
-inside ``rnnkit train``; the test split is scored once per finished run and chooses nothing.
+Drives the ``rnnkit`` command line as a user would: one ``rnnkit train`` process per variant and seed
+into ``RUNS_DIR/<mode>-<variant>-seed<seed>``, then ``rnnkit predict`` on the test CSV for speed. It reads
+each run's metrics.json and prints a markdown table of dev and test weighted F1 and test accuracy (mean ±
+std over seeds), wall seconds per epoch and per run, and the peak resident memory of the training process.
+The epoch is chosen by dev weighted F1 inside ``rnnkit train``; the test split is scored once per finished
+run and chooses nothing.
 
-    python bench/meld.py --runs-dir /tmp/meld-bench --cache-dir /tmp/rnnkit-cache
+    python bench/meld.py --mode frozen   --runs-dir /tmp/meld-bench --cache-dir /tmp/rnnkit-cache
+    python bench/meld.py --mode finetune --runs-dir /tmp/meld-bench --jobs 2
 
-MELD is GPL-3.0 data: it is read by path, never copied. Sentence vectors are computed once and cached
-in --cache-dir (passed to rnnkit as $RNNKIT_CACHE), so only the first run pays for encoding. Finished
-runs are reused, so an interrupted benchmark picks up where it stopped.
+``--mode frozen`` embeds every utterance once with the frozen encoder (cached in --cache-dir, passed to
+rnnkit as $RNNKIT_CACHE) and trains the recurrent model on the vectors; ``--mode finetune`` trains the
+encoder with it (``--finetune``). Each mode has its own hyper-parameters (chosen on the dev split, see
+BENCHMARKS.md); any of them can be overridden. ``--jobs N`` runs N trainings at once, each with
+``OMP_NUM_THREADS = 2 // N`` (at least 1). MELD is GPL-3.0 data: it is read by path, never copied.
+Finished runs are reused, so an interrupted benchmark picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -19,47 +24,75 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from rnnkit.cli import main as rnnkit
-
 VARIANTS = {"full": [], "no_context": ["--no-context"], "no_speaker": ["--no-speaker"]}
-# Training flags passed through to ``rnnkit train`` (bench flag name = rnnkit flag name).
-HYPERPARAMETERS = {"epochs": int, "lr": float, "dropout": float, "batch_size": int, "weight_decay": float,
-                   "context_hidden": int, "speaker_hidden": int}
+# rnnkit train flags per mode (bench flag name = rnnkit flag name), chosen on dev.
+PRESETS = {
+    "frozen": {"epochs": 10, "lr": 3e-3, "dropout": 0.3, "batch_size": 16, "weight_decay": 0.01,
+               "context_hidden": 128, "speaker_hidden": 128},
+    "finetune": {"epochs": 5, "lr": 1e-3, "encoder_lr": 5e-5, "warmup": 0.1, "schedule": "linear",
+                 "dropout": 0.3, "batch_size": 8, "token_budget": 2048, "weight_decay": 0.01,
+                 "context_hidden": 128, "speaker_hidden": 128},
+}
+SWITCHES = ("speaker_in_text",)  # flags without a value, off unless given
 
 
-def train(args, variant: str, seed: int) -> tuple[dict, float]:
-    """Train one run (or reuse a finished one); return its metrics.json and its wall seconds."""
-    out = Path(args.runs_dir) / f"{variant}-seed{seed}"
-    timing = out / "bench_time.json"
-    if not timing.exists():
-        flags = [item for name in HYPERPARAMETERS
-                 for item in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
-        argv = ["train", "--data", args.data, "--encoder", "minilm", "--out", str(out), "--seed", str(seed),
-                *flags, *VARIANTS[variant], "--quiet"]
-        print("rnnkit", " ".join(argv), flush=True)
-        start = time.perf_counter()
-        if rnnkit(argv) != 0:
-            raise SystemExit(f"rnnkit {' '.join(argv)} failed")
-        timing.write_text(json.dumps({"seconds": time.perf_counter() - start}))
-    metrics = json.loads((out / "metrics.json").read_text())
-    return metrics, json.loads(timing.read_text())["seconds"]
+def command(args, variant: str, seed: int, out: Path) -> list[str]:
+    settings = PRESETS[args.mode] | {k: v for k, v in vars(args).items() if k in PRESETS[args.mode] and v is not None}
+    flags = [item for name, value in settings.items() for item in (f"--{name.replace('_', '-')}", str(value))]
+    flags += [f"--{name.replace('_', '-')}" for name in SWITCHES if getattr(args, name)]
+    if args.mode == "finetune":
+        flags.append("--finetune")
+    return [sys.executable, "-m", "rnnkit.cli", "train", "--data", args.data, "--encoder", "minilm", "--out", str(out),
+            "--seed", str(seed), *flags, *VARIANTS[variant], "--quiet"]
+
+
+def train_all(args, runs: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[dict, dict]]:
+    """Train every (variant, seed) not finished yet, ``args.jobs`` at a time; returns metrics and timing of all.
+
+    Each process is reaped with ``os.wait4``, whose resource usage gives that process's own peak RSS.
+    """
+    threads = str(max(1, 2 // args.jobs))
+    pending = [(v, s) for v, s in runs if not (run_dir(args, v, s) / "bench_time.json").exists()]
+    running: dict[int, tuple[tuple[str, int], subprocess.Popen, float]] = {}
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            variant, seed = pending.pop(0)
+            argv = command(args, variant, seed, run_dir(args, variant, seed))
+            print(" ".join(argv[2:]), flush=True)
+            log = open(run_dir(args, variant, seed).with_suffix(".log"), "w")
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                       env=os.environ | {"OMP_NUM_THREADS": threads})
+            running[process.pid] = ((variant, seed), process, time.perf_counter())
+        pid, status, usage = os.wait4(-1, 0)
+        (variant, seed), process, start = running.pop(pid)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            raise SystemExit(f"{' '.join(process.args[2:])} failed; see {run_dir(args, variant, seed)}.log")
+        timing = {"seconds": time.perf_counter() - start, "peak_rss_mb": usage.ru_maxrss / 1024,
+                  "threads": int(threads), "jobs": args.jobs}
+        (run_dir(args, variant, seed) / "bench_time.json").write_text(json.dumps(timing))
+    return {(v, s): (json.loads((run_dir(args, v, s) / "metrics.json").read_text()),
+                     json.loads((run_dir(args, v, s) / "bench_time.json").read_text())) for v, s in runs}
+
+
+def run_dir(args, variant: str, seed: int) -> Path:
+    return Path(args.runs_dir) / f"{args.mode}-{variant}-seed{seed}"
 
 
 def predict_speed(args, run: Path, cache_dir: str) -> float:
     """Utterances per second of ``rnnkit predict`` on the test CSV, model loading and file reading included."""
     output = Path(args.runs_dir) / "predictions.jsonl"
-    os.environ["RNNKIT_CACHE"] = cache_dir
     start = time.perf_counter()
-    code = rnnkit(["predict", "--run", str(run), "--input", str(Path(args.data) / "test_sent_emo.csv"),
-                   "--output", str(output)])
+    subprocess.run([sys.executable, "-m", "rnnkit.cli", "predict", "--run", str(run), "--input",
+                    str(Path(args.data) / "test_sent_emo.csv"), "--output", str(output)],
+                   check=True, env=os.environ | {"RNNKIT_CACHE": cache_dir})
     seconds = time.perf_counter() - start
-    os.environ["RNNKIT_CACHE"] = args.cache_dir
-    if code != 0:
-        raise SystemExit("rnnkit predict failed")
     with output.open() as lines:
         return sum(1 for _ in lines) / seconds
 
@@ -70,6 +103,7 @@ def mean_std(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=list(PRESETS), default="frozen")
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "meld"),
                         help="MELD directory with {train,dev,test}_sent_emo.csv (default: ../shared/data/meld)")
     parser.add_argument("--runs-dir", default="runs/meld-bench", help="where the run directories go")
@@ -77,37 +111,45 @@ def main() -> None:
                         help="sentence-vector cache shared by all runs (default: $RNNKIT_CACHE or ~/.cache/rnnkit)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    # Chosen on the dev split (see BENCHMARKS.md, section MELD).
-    defaults = {"epochs": 10, "lr": 3e-3, "dropout": 0.3, "batch_size": 16, "weight_decay": 0.01,
-                "context_hidden": 128, "speaker_hidden": 128}
-    for name, kind in HYPERPARAMETERS.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=defaults[name],
-                            help=f"rnnkit train --{name.replace('_', '-')} (default: {defaults[name]})")
+    parser.add_argument("--jobs", type=int, default=1, help="trainings at once (default: 1)")
+    for name in sorted({name for preset in PRESETS.values() for name in preset}):
+        kind = type(PRESETS["finetune"].get(name, PRESETS["frozen"].get(name)))
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind,
+                            help="rnnkit train flag (default: " + ", ".join(
+                                f"{mode} {preset[name]}" for mode, preset in PRESETS.items() if name in preset) + ")")
+    for name in SWITCHES:
+        parser.add_argument(f"--{name.replace('_', '-')}", action="store_true", help="rnnkit train flag")
     parser.add_argument("--no-predict", action="store_true", help="skip the rnnkit predict timing")
     args = parser.parse_args()
     args.data = str(Path(args.data).resolve())
     os.environ["RNNKIT_CACHE"] = args.cache_dir
+    Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
 
+    runs = [(variant, seed) for variant in args.variants for seed in args.seeds]
+    results = train_all(args, runs)
     rows = []
     for variant in args.variants:
-        runs = [train(args, variant, seed) for seed in args.seeds]
+        metrics = [results[variant, seed][0] for seed in args.seeds]
+        timing = [results[variant, seed][1] for seed in args.seeds]
         scores = (("dev", "weighted_f1"), ("test", "weighted_f1"), ("test", "accuracy"))
-        dev, test, accuracy = ([m[split][key] for m, _ in runs] for split, key in scores)
-        seconds = [s for _, s in runs]
-        epochs = statistics.mean(m["best_epoch"] for m, _ in runs)
-        rows.append(f"| {variant} | {mean_std(dev)} | {mean_std(test)} | {mean_std(accuracy)} | {epochs:.1f} "
-                    f"| {statistics.mean(seconds) / args.epochs:.1f} | {statistics.mean(seconds):.0f} |")
-    print(f"\nMELD, frozen all-MiniLM-L6-v2, {len(args.seeds)} seeds ({', '.join(map(str, args.seeds))})\n")
-    print("| variant | dev weighted F1 | test weighted F1 | test accuracy | best epoch | s / epoch | s / run |")
-    print("|---|---|---|---|---|---|---|")
+        dev, test, accuracy = ([m[split][key] for m in metrics] for split, key in scores)
+        seconds = statistics.mean(t["seconds"] for t in timing)
+        epochs = len(metrics[0]["history"])
+        rows.append(f"| {variant} | {mean_std(dev)} | {mean_std(test)} | {mean_std(accuracy)} "
+                    f"| {statistics.mean(m['best_epoch'] for m in metrics):.1f} | {seconds / epochs:.0f} "
+                    f"| {seconds:.0f} | {max(t['peak_rss_mb'] for t in timing):.0f} |")
+    print(f"\nMELD, {args.mode} all-MiniLM-L6-v2, {len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), "
+          f"{args.jobs} training(s) at a time\n")
+    print("| variant | dev weighted F1 | test weighted F1 | test accuracy | best epoch | s / epoch | s / run "
+          "| peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows), flush=True)
     if not args.no_predict:
-        run = Path(args.runs_dir) / f"{args.variants[0]}-seed{args.seeds[0]}"
-        warm = predict_speed(args, run, args.cache_dir)
+        run = run_dir(args, args.variants[0], args.seeds[0])
+        speeds = {"cached sentence vectors": predict_speed(args, run, args.cache_dir)} if args.mode == "frozen" else {}
         with tempfile.TemporaryDirectory() as empty:
-            cold = predict_speed(args, run, empty)
-        print(f"\nrnnkit predict, MELD test CSV: {warm:.0f} utterances/s with cached sentence vectors, "
-              f"{cold:.0f} utterances/s encoding them with MiniLM")
+            speeds["encoding every utterance"] = predict_speed(args, run, empty)
+        print("\nrnnkit predict, MELD test CSV: " + ", ".join(f"{v:.0f} utterances/s with {k}" for k, v in speeds.items()))
 
 
 if __name__ == "__main__":
