@@ -117,6 +117,42 @@ def test_predict_writes_one_line_per_utterance(run_dir, tmp_path, capsys, to_fil
         assert "label" not in r
 
 
+def test_an_ensemble_averages_the_probabilities_of_its_runs(run_dir, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert _train(other, "--seed", "1") == 0
+    source = tmp_path / "input.jsonl"
+    write_jsonl(source, builtin_corpus("test")[:4])
+    outputs = {}
+    for name, runs in (("a", [run_dir]), ("b", [other]), ("ab", [run_dir, other])):
+        outputs[name] = tmp_path / f"{name}.jsonl"
+        assert main(["predict", "--run", *map(str, runs), "--input", str(source), "--output", str(outputs[name])]) == 0
+    a, b, ab = ([json.loads(line) for line in outputs[n].read_text().splitlines()] for n in ("a", "b", "ab"))
+    assert a != b
+    for ra, rb, rab in zip(a, b, ab, strict=True):
+        for label, p in rab["probabilities"].items():
+            assert p == pytest.approx((ra["probabilities"][label] + rb["probabilities"][label]) / 2, abs=1e-6)
+        assert rab["prediction"] == max(rab["probabilities"], key=rab["probabilities"].get)
+
+    output = tmp_path / "eval.json"
+    assert main(["evaluate", "--run", str(run_dir), str(other), "--output", str(output)]) == 0
+    evaluated = json.loads(output.read_text())
+    assert evaluated["run"] == [str(run_dir), str(other)] and 0 <= evaluated["weighted_f1"] <= 100
+
+
+def test_an_ensemble_of_runs_with_other_labels_is_refused(run_dir, tmp_path, capsys):
+    data, other = tmp_path / "data", tmp_path / "other"
+    data.mkdir()
+    relabeled = {"anger": "upset", "sadness": "upset", "joy": "glad", "surprise": "glad", "neutral": "calm"}
+    for split, n in (("train", 6), ("dev", 3), ("test", 3)):
+        write_jsonl(data / f"{split}.jsonl", [
+            Dialogue(d.id, tuple(Utterance(u.speaker, u.text, relabeled[u.label]) for u in d.utterances))
+            for d in builtin_corpus(split)[:n]])
+    assert main(["train", "--out", str(other), "--data", str(data), "--epochs", "1", *SMALL]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run_dir), str(other)]) == 2
+    assert "an ensemble needs runs trained on the same labels" in _error_line(capsys)
+
+
 def test_predict_reads_a_meld_csv(run_dir, tmp_path, capsys):
     source = tmp_path / "talk.csv"
     source.write_text("Utterance,Speaker,Dialogue_ID,Utterance_ID\nI am furious.,Ann,0,0\n\"So, the rent.\",Bob,0,1\n"

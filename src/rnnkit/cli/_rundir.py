@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from rnnkit.erc.training import WEIGHTS_FILE
 
 __all__ = [
     "CONFIG_FILE", "METRICS_FILE", "CONFUSION_PNG", "CURVES_PNG", "EVAL_BATCH_SIZE",
-    "Run", "load_run", "write_json", "read_json", "resolve_format", "read_dialogues", "check_labels",
+    "Run", "load_run", "load_runs", "write_json", "read_json", "resolve_format", "read_dialogues", "check_labels",
     "erc_loss", "predict_probabilities", "score",
 ]
 
@@ -98,6 +99,17 @@ def load_run(directory, *, encoder: str | None = None) -> Run:
     return run
 
 
+def load_runs(directories, *, encoder: str | None = None) -> list[Run]:
+    """:func:`load_run` for each of ``directories``, which must share their labels (an ensemble averages the
+    class probabilities of its members, so they must mean the same classes in the same order)."""
+    runs = [load_run(directory, encoder=encoder) for directory in directories]
+    for directory, run in zip(directories[1:], runs[1:]):
+        if run.labels != runs[0].labels:
+            raise CLIError(f"{directory}: labels {', '.join(run.labels)} differ from those of {directories[0]} "
+                           f"({', '.join(runs[0].labels)}); an ensemble needs runs trained on the same labels")
+    return runs
+
+
 def resolve_format(data: str | None, format: str | None) -> str:
     """The format to read ``data`` with: as given, "builtin" without data, else detected from the files."""
     if format is None:
@@ -132,9 +144,17 @@ def erc_loss(model: nn.Module, batch) -> torch.Tensor:
     return total / labels.ne(IGNORE_INDEX).sum().clamp(min=1)
 
 
+def predict_probabilities(models: ERCModel | Sequence[ERCModel], dialogues: list[Dialogue]) -> list[torch.Tensor]:
+    """Class probabilities, one (len(dialogue), L) tensor per dialogue, in input order; for several models
+    (an ensemble, e.g. of seeds) the mean of their probabilities."""
+    if isinstance(models, ERCModel):
+        return _probabilities(models, dialogues)
+    members = [_probabilities(model, dialogues) for model in models]
+    return [torch.stack(per_model).mean(0) for per_model in zip(*members)]
+
+
 @torch.no_grad()
-def predict_probabilities(model: ERCModel, dialogues: list[Dialogue]) -> list[torch.Tensor]:
-    """Class probabilities, one (len(dialogue), L) tensor per dialogue, in input order."""
+def _probabilities(model: ERCModel, dialogues: list[Dialogue]) -> list[torch.Tensor]:
     encoder: UtteranceEncoder = model.encoder
     device = next(model.parameters()).device
     was_training = model.training
@@ -149,11 +169,12 @@ def predict_probabilities(model: ERCModel, dialogues: list[Dialogue]) -> list[to
     return out
 
 
-def score(model: ERCModel, dialogues: list[Dialogue], labels: list[str], format: str) -> dict:
-    """``compute_metrics`` over the labeled utterances of ``dialogues`` (plus micro_f1_no_neutral for DailyDialog)."""
+def score(models: ERCModel | Sequence[ERCModel], dialogues: list[Dialogue], labels: list[str], format: str) -> dict:
+    """``compute_metrics`` over the labeled utterances of ``dialogues`` (plus micro_f1_no_neutral for DailyDialog),
+    predicted by one model or the mean probabilities of several."""
     index = {label: i for i, label in enumerate(labels)}
     y_true, y_pred = [], []
-    for dialogue, probs in zip(dialogues, predict_probabilities(model, dialogues)):
+    for dialogue, probs in zip(dialogues, predict_probabilities(models, dialogues)):
         for utterance, p in zip(dialogue.utterances, probs):
             if utterance.label is not None:
                 y_true.append(index[utterance.label])

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from rnnkit.cli._errors import CLIError
-from rnnkit.cli._rundir import check_labels, load_run, read_dialogues, resolve_format, score, write_json
+from rnnkit.cli._rundir import check_labels, load_runs, read_dialogues, resolve_format, score, write_json
 from rnnkit.erc.data import FORMATS, SPLITS, metric_name
 
 __all__ = ["add_parser", "run"]
@@ -14,6 +14,7 @@ __all__ = ["add_parser", "run"]
 EXAMPLES = """examples:
   rnnkit evaluate --run runs/builtin/full                       # the run's own data, test split
   rnnkit evaluate --run runs/meld --data data/meld --split dev --output dev_metrics.json
+  rnnkit evaluate --run runs/meld-seed0 runs/meld-seed1 runs/meld-seed2   # ensemble: mean probabilities
 """
 
 
@@ -24,7 +25,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "without the neutral class for DailyDialog, and a per-class report.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="a directory written by 'rnnkit train'")
+    parser.add_argument("--run", required=True, nargs="+", metavar="RUN_DIR",
+                        help="a directory written by 'rnnkit train'; several: score the ensemble that averages "
+                        "their class probabilities")
     parser.add_argument("--data", metavar="DIR", help="dataset directory (default: the data the run was trained on)")
     parser.add_argument("--format", choices=FORMATS, help="dataset format (default: detected from --data)")
     parser.add_argument("--split", choices=SPLITS, default="test", help="split to score (default: test)")
@@ -36,7 +39,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.output is not None and Path(args.output).is_dir():
         raise CLIError(f"{args.output}: is a directory; --output must name a file")
-    loaded = load_run(args.run)
+    runs = load_runs(args.run)
+    loaded = runs[0]
     if args.data is None and args.format is None:
         source, format, limit = loaded.data, loaded.format, loaded.limit
     else:
@@ -44,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
     dialogues = read_dialogues(source, format, args.split, limit)
     where = f"{source or 'built-in corpus'} ({args.split} split)"
     check_labels(dialogues, loaded.labels, where)
-    loaded.model.encoder.prepare(dialogues, args.split)
-    metrics = score(loaded.model, dialogues, loaded.labels, format)
+    for member in runs:
+        member.model.encoder.prepare(dialogues, args.split)
+    metrics = score([member.model for member in runs], dialogues, loaded.labels, format)
     monitor = metric_name(format)
     print(f"{where}: {monitor} {metrics[monitor]:.2f}, accuracy {metrics['accuracy']:.2f}")
     width = max(map(len, loaded.labels)) + 2
@@ -55,6 +60,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{label:<{width}}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['f1-score']:>10.3f}"
               f"{int(row['support']):>10d}")
     if args.output is not None:
-        write_json(Path(args.output), {"run": str(args.run), "data": source, "format": format,
+        write_json(Path(args.output), {"run": args.run[0] if len(args.run) == 1 else args.run, "data": source, "format": format,
                                        "split": args.split, **metrics})
     return 0

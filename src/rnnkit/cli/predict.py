@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rnnkit._io import atomic_write_bytes
 from rnnkit.cli._errors import CLIError
-from rnnkit.cli._rundir import load_run, predict_probabilities
+from rnnkit.cli._rundir import load_runs, predict_probabilities
 from rnnkit.erc.data import read_file
 
 __all__ = ["add_parser", "run"]
@@ -29,7 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "index, speaker, text, predicted label and the probability of every label.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="a directory written by 'rnnkit train'")
+    parser.add_argument("--run", required=True, nargs="+", metavar="RUN_DIR",
+                        help="a directory written by 'rnnkit train'; several: average their class probabilities")
     parser.add_argument("--input", required=True, metavar="FILE", help="dialogues to label")
     parser.add_argument("--format", choices=("meld", "emorynlp", "dailydialog", "jsonl"),
                         help="input format (default: from the file name and header)")
@@ -43,14 +44,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.output is not None and Path(args.output).is_dir():
         raise CLIError(f"{args.output}: is a directory; --output must name a file")
-    loaded = load_run(args.run, encoder=None if args.features is None else f"features:{args.features}")
-    if loaded.model.config.encoder.startswith("features:") and args.features is None:
-        raise CLIError(f"{args.run}: the run reads precomputed features; pass --features FILE with one row "
+    runs = load_runs(args.run, encoder=None if args.features is None else f"features:{args.features}")
+    loaded = runs[0]
+    if args.features is None and any(member.model.config.encoder.startswith("features:") for member in runs):
+        raise CLIError(f"{' '.join(args.run)}: the run reads precomputed features; pass --features FILE with one row "
                        "per utterance of --input")
     dialogues = read_file(args.input, args.format)
-    loaded.model.encoder.prepare(dialogues)
+    for member in runs:
+        member.model.encoder.prepare(dialogues)
     lines = []
-    for dialogue, probs in zip(dialogues, predict_probabilities(loaded.model, dialogues)):
+    for dialogue, probs in zip(dialogues, predict_probabilities([member.model for member in runs], dialogues)):
         for index, (utterance, p) in enumerate(zip(dialogue.utterances, probs.tolist())):
             record = {"dialogue": dialogue.id, "index": index, "speaker": utterance.speaker, "text": utterance.text,
                       "prediction": loaded.labels[max(range(len(p)), key=p.__getitem__)],
