@@ -205,9 +205,16 @@ def _identity(model_dir: Path, normalize: bool) -> str:
 def _load_backbone(model_dir: Path):
     """(tokenizer, model, max_length) from local files only (never downloaded); max_length at most 512."""
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModel.from_pretrained(model_dir, local_files_only=True)
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()  # a bar per load of a local model is noise in rnnkit's own output
+    try:
+        model = AutoModel.from_pretrained(model_dir, local_files_only=True)
+    finally:
+        if shown:
+            logging.enable_progress_bar()
     st_config = model_dir / "sentence_bert_config.json"
     max_length = json.loads(st_config.read_text())["max_seq_length"] if st_config.is_file() else None
     return tokenizer, model, min(max_length or tokenizer.model_max_length, 512)
