@@ -1,6 +1,6 @@
 """The ``backend="equations"`` layers: one (bi)directional layer run from the gate equations.
 
-The real steps of the batch are first put in packed order (:class:`rnnkit._recurrence.Packing`:
+The real steps of the batch are first put in packed order (:class:`rnnkit._packing.Packing`:
 sorted longest first, time-major, padding left out). Per direction, the input projection
 :math:`W_{ih} x_t` is then done for all real steps with one ``F.linear`` (a single large matmul,
 and a single one in the backward pass too, on no padding row); only the recurrent part runs step
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _recurrence
+from ._packing import Packing
 
 __all__ = ["run_layer", "run_packed"]
 
@@ -72,14 +73,14 @@ def run_layer(mode, x, lengths, hx, weights, *, has_biases):
     (T, B, dirs * H_out), exactly 0 past each length, and ``hx_n`` like ``hx`` with the states
     at each sequence's last real step (the initial state for length 0).
     """
-    packing = _recurrence.Packing(lengths, x.shape[0], x.shape[1])
+    packing = Packing(lengths, x.shape[0], x.shape[1])
     output, hx_n = run_packed(mode, packing.pack(x), packing, hx, weights, has_biases=has_biases)
     return packing.unpack(output), hx_n  # (T, B, dirs * H_out)
 
 
 def run_packed(mode, x, packing, hx, weights, *, has_biases):
     """:func:`run_layer` on the real steps only: ``x`` (N, D) in the packed order of ``packing``
-    (a :class:`rnnkit._recurrence.Packing`); returns ``output`` (N, dirs * H_out) in that order
+    (a :class:`rnnkit._packing.Packing`); returns ``output`` (N, dirs * H_out) in that order
     and ``hx_n`` (dirs, B, ·) in batch order."""
     if mode not in _RECURRENCES:
         raise ValueError(f"mode must be one of {sorted(_RECURRENCES)}, got {mode!r}")

@@ -1,0 +1,77 @@
+"""What every utterance encoder shares: the :class:`UtteranceEncoder` interface, the pass-through kind whose
+vectors are ready at batch time, and the (B, U) grid that the real utterances of a batch are scattered into.
+
+Shapes: B dialogues, U utterances (padded), N real utterances, D utterance width.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rnnkit._io import atomic_write_bytes
+from rnnkit.erc.data import Dialogue, Utterance
+
+__all__ = ["ENCODER_FILE", "UtteranceEncoder", "PassThroughEncoder", "grid", "scatter"]
+
+ENCODER_FILE = "encoder.json"
+
+
+class UtteranceEncoder(nn.Module):
+    """What the ERC model needs from an encoder; ``output_size`` is D_utt."""
+
+    output_size: int
+    speaker_in_text = False
+
+    def text_of(self, utterance: Utterance) -> str:
+        """What the encoder reads: ``"Name: text"`` with ``speaker_in_text``, so that the encoder itself sees
+        who speaks (a pretrained model knows names, and a name carries a speaker's habits), else the text."""
+        return f"{utterance.speaker}: {utterance.text}" if self.speaker_in_text else utterance.text
+
+    def batch_inputs(self, dialogues: list[Dialogue]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def prepare(self, dialogues: list[Dialogue], split: str | None = None) -> None:
+        """Get ready to batch ``dialogues`` of ``split``; nothing to do for trainable encoders."""
+
+    def num_tokens(self, dialogue: Dialogue) -> int:
+        """What ``TrainerConfig.token_budget`` counts for ``dialogue``: here one per utterance (one vector each)."""
+        return len(dialogue.utterances)
+
+    def save(self, run_dir: str | os.PathLike) -> None:
+        """Write ``encoder.json`` (and what else :func:`load_encoder` needs) into ``run_dir``."""
+        atomic_write_bytes(Path(run_dir) / ENCODER_FILE, json.dumps(self._description(), indent=1).encode())
+
+    def _description(self) -> dict:
+        return {"output_size": self.output_size}
+
+
+def grid(dialogues: list[Dialogue]) -> tuple[int, int, torch.Tensor]:
+    """B, U and the flat (B*U) positions of the real utterances, dialogue-major."""
+    lengths = torch.tensor([len(d.utterances) for d in dialogues])  # (B,)
+    B, U = len(dialogues), int(lengths.max())
+    real = torch.arange(U)[None, :] < lengths[:, None]  # (B, U)
+    return B, U, real.view(-1).nonzero().squeeze(1)
+
+
+def scatter(rows: torch.Tensor, B: int, U: int, where: torch.Tensor) -> torch.Tensor:
+    """(B, U, *) zeros with ``rows`` (N, *) at the flat positions ``where``."""
+    return rows.new_zeros(B * U, *rows.shape[1:]).index_put((where,), rows).view(B, U, *rows.shape[1:])
+
+
+class PassThroughEncoder(UtteranceEncoder):
+    """An encoder whose vectors are ready at batch time: ``inputs["features"]`` (B, U, D)."""
+
+    def _rows(self, dialogues: list[Dialogue]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def batch_inputs(self, dialogues):
+        B, U, where = grid(dialogues)
+        return {"features": scatter(self._rows(dialogues), B, U, where)}  # (B, U, D)
+
+    def forward(self, inputs):
+        return inputs["features"]
