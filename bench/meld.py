@@ -59,15 +59,15 @@ def train_all(args, runs: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[
     """
     threads = str(max(1, 2 // args.jobs))
     pending = [(v, s) for v, s in runs if not (run_dir(args, v, s) / "bench_time.json").exists()]
-    running: dict[int, tuple[tuple[str, int], subprocess.Popen, float]] = {}
+    running: dict[int, tuple[tuple[str, int], subprocess.Popen, float]] = {}  # pid -> run, process, start
     while pending or running:
         while pending and len(running) < args.jobs:
             variant, seed = pending.pop(0)
             argv = command(args, variant, seed, run_dir(args, variant, seed))
             print(" ".join(argv[2:]), flush=True)
-            log = open(run_dir(args, variant, seed).with_suffix(".log"), "w")
-            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                       env=os.environ | {"OMP_NUM_THREADS": threads})
+            with open(run_dir(args, variant, seed).with_suffix(".log"), "w") as log:  # the child keeps its own handle
+                process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                           env=os.environ | {"OMP_NUM_THREADS": threads})
             running[process.pid] = ((variant, seed), process, time.perf_counter())
         pid, status, usage = os.wait4(-1, 0)
         (variant, seed), process, start = running.pop(pid)
