@@ -1,6 +1,6 @@
 """Where the time of one fine-tuning step goes: transformer encoder, recurrent head, optimizer.
 
-    python bench/finetune.py [--data ../shared/data/meld] [--batches 12] [--speaker-in-text]
+    python bench/finetune.py [--data ../shared/data/meld] [--batches 12] [--speaker-in-text] [--context-turns N]
 
 Builds the model ``rnnkit train --encoder minilm --finetune`` trains (same defaults) and times, on the
 same training batches (dialogues in file order, cut by ``--batch-size`` and ``--token-budget`` as the
@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--token-budget", type=int, default=2048)
     parser.add_argument("--speaker-in-text", action="store_true")
+    parser.add_argument("--context-turns", type=int, default=0)
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -58,7 +59,7 @@ def main() -> None:
     train = read_split(data, "train") if data.is_dir() else builtin_corpus("train")
     labels = label_set(corpus, train)
     config = ERCConfig(num_labels=len(labels), encoder=args.encoder, finetune=True,
-                       speaker_in_text=args.speaker_in_text)
+                       speaker_in_text=args.speaker_in_text, context_turns=args.context_turns)
     encoder = build_encoder(config, train)
     model = ERCModel(config, encoder).train()
     optimizer = torch.optim.AdamW(model.param_groups(1e-3), fused=True)  # as rnnkit's Trainer builds it on CPU

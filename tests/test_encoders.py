@@ -220,6 +220,49 @@ def test_speaker_in_text_prefixes_the_name(minilm, trainable):
     assert not torch.allclose(vectors[0, 1], minilm.batch_inputs(SENTENCES)["features"][0, 1])
 
 
+def test_readings_give_each_utterance_its_previous_turns_most_recent_first():
+    encoder = TransformerEncoder("minilm", cache_dir="unused", context_turns=2)
+    texts, contexts = encoder.readings(TRAIN)
+    assert texts == ["I love this song!", "Me too, it's great.", "Play it again.", "Why are you late?"]
+    assert contexts == ["", "I love this song!", "Me too, it's great. | I love this song!", ""]
+    encoder.speaker_in_text = True
+    assert encoder.readings(TRAIN)[1][2] == "B: Me too, it's great. | A: I love this song!"
+    assert TransformerEncoder("minilm", cache_dir="unused").readings(TRAIN)[1] is None
+
+
+def test_context_is_read_as_a_second_segment_but_not_pooled(minilm, trainable):
+    reader = TrainableTransformerEncoder("minilm", context_turns=1)
+    reader.eval()
+    inputs = reader.batch_inputs(SENTENCES)
+    alone = trainable.batch_inputs(SENTENCES)
+    # The pooled tokens are exactly the tokens of the utterance read alone: [CLS] text [SEP].
+    for b, u in [(0, 0), (0, 1), (1, 0)]:
+        n = int(inputs["pool_lengths"][b, u])
+        assert n == int(alone["attention_mask"][b, u].sum())
+        assert torch.equal(inputs["input_ids"][b, u, :n], alone["input_ids"][b, u, :n])
+    second = inputs["input_ids"][0, 1][inputs["token_type_ids"][0, 1].bool()]
+    assert reader.tokenizer.decode(second, skip_special_tokens=True) == "i am so happy today!"
+    assert reader.num_tokens(SENTENCES[0]) == int(inputs["attention_mask"][0].sum())
+    vectors = reader(inputs)  # (2, 2, 384)
+    assert not torch.allclose(vectors[0, 1], trainable(alone)[0, 1], atol=1e-3)  # the context changes it
+    # The frozen encoder reads the same pairs (its cache keeps them apart from the texts read alone).
+    frozen = TransformerEncoder("minilm", cache_dir=minilm.cache_path.parent, context_turns=1)
+    torch.testing.assert_close(frozen.batch_inputs(SENTENCES)["features"], vectors, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(minilm.batch_inputs(SENTENCES)["features"], trainable(alone), atol=1e-5, rtol=1e-4)
+
+
+def test_context_is_cut_before_the_utterance():
+    reader = TrainableTransformerEncoder("minilm", max_tokens=8, context_turns=1)
+    long = _dialogue("l", "one two three four five six seven eight nine ten", "eleven twelve", "thirteen")
+    inputs = reader.batch_inputs([long])
+    assert inputs["input_ids"].shape[-1] == 8
+    # The long first utterance keeps what fits beside the three special tokens of a pair (its context is "");
+    # the second keeps itself whole and as much of its context as fits.
+    assert reader.tokenizer.decode(inputs["input_ids"][0, 0]) == "[CLS] one two three four five [SEP] [SEP]"
+    assert reader.tokenizer.decode(inputs["input_ids"][0, 1]) == "[CLS] eleven twelve [SEP] one two three [SEP]"
+    assert inputs["pool_lengths"][0].tolist() == [7, 4, 3]
+
+
 def test_trainable_encoder_save_and_load(trainable, tmp_path):
     config = ERCConfig(num_labels=3, encoder="minilm", finetune=True)
     trainable.save(tmp_path)

@@ -132,6 +132,8 @@ def test_features_encoder_feeds_the_model(tmp_path):
         ("finetune", 1, r"ERCConfig.finetune must be True or False, got 1"),
         ("speaker_in_text", True, r"ERCConfig.speaker_in_text needs a transformer encoder .* got encoder 'words'"),
         ("encoder_lr", 0.0, r"ERCConfig.encoder_lr must be a finite number > 0, got 0.0"),
+        ("context_turns", -1, r"ERCConfig.context_turns must be an int >= 0, got -1"),
+        ("context_turns", 2, r"ERCConfig.context_turns needs a transformer encoder .* got encoder 'words'"),
     ],
 )
 def test_config_validation_names_the_field(field, value, message):

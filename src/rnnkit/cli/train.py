@@ -49,7 +49,7 @@ _RESUMABLE = ("epochs", "device", "quiet")
 
 _MODEL_FLAGS = ("encoder", "embedding_dim", "encoder_hidden", "context_hidden", "speaker_hidden", "num_layers",
                 "dropout", "min_freq", "max_tokens", "cache_dir", "finetune", "speaker_in_text",
-                "encoder_lr")
+                "context_turns", "encoder_lr")
 _TRAINER_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "seed", "device", "warmup", "schedule",
                   "token_budget")
 
@@ -94,6 +94,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        help="train the transformer encoder with the model (no vector cache)")
     model.add_argument("--speaker-in-text", action="store_true",
                        help="a transformer encoder reads 'Name: text' instead of the text alone")
+    model.add_argument("--context-turns", type=int, metavar="N",
+                       help="a transformer encoder reads each utterance with the N turns before it (default: 0)")
     model.add_argument("--encoder-lr", type=float, metavar="FLOAT",
                        help=f"learning rate of the fine-tuned encoder (default: {_default(ERCConfig, 'encoder_lr')})")
     model.add_argument("--no-context", dest="use_context", action="store_false",

@@ -16,9 +16,10 @@ from torch import nn
 from rnnkit._io import atomic_write_bytes
 from rnnkit.erc.data import Dialogue, Utterance
 
-__all__ = ["ENCODER_FILE", "UtteranceEncoder", "PassThroughEncoder", "grid", "scatter"]
+__all__ = ["ENCODER_FILE", "CONTEXT_SEPARATOR", "UtteranceEncoder", "PassThroughEncoder", "grid", "scatter"]
 
 ENCODER_FILE = "encoder.json"
+CONTEXT_SEPARATOR = " | "  # between the turns of an utterance's context
 
 
 class UtteranceEncoder(nn.Module):
@@ -26,11 +27,27 @@ class UtteranceEncoder(nn.Module):
 
     output_size: int
     speaker_in_text = False
+    context_turns = 0
 
     def text_of(self, utterance: Utterance) -> str:
         """What the encoder reads: ``"Name: text"`` with ``speaker_in_text``, so that the encoder itself sees
         who speaks (a pretrained model knows names, and a name carries a speaker's habits), else the text."""
         return f"{utterance.speaker}: {utterance.text}" if self.speaker_in_text else utterance.text
+
+    def readings(self, dialogues: list[Dialogue]) -> tuple[list[str], list[str] | None]:
+        """The text of every utterance of ``dialogues`` (dialogue-major) and, with ``context_turns`` > 0, each
+        one's context: the texts of up to ``context_turns`` turns before it in its dialogue, the most recent
+        first (so that cutting the context at its end drops the oldest words), joined by ``CONTEXT_SEPARATOR``;
+        ``""`` for a dialogue's first utterance. Without context turns the contexts are None."""
+        texts = [self.text_of(u) for d in dialogues for u in d.utterances]
+        if not self.context_turns:
+            return texts, None
+        contexts, start = [], 0
+        for d in dialogues:
+            own = texts[start : start + len(d.utterances)]
+            start += len(own)
+            contexts += [CONTEXT_SEPARATOR.join(own[max(0, t - self.context_turns) : t][::-1]) for t in range(len(own))]
+        return texts, contexts
 
     def batch_inputs(self, dialogues: list[Dialogue]) -> dict[str, torch.Tensor]:
         raise NotImplementedError

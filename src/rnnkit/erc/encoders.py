@@ -164,7 +164,7 @@ def build_encoder(config, train_dialogues: list[Dialogue]) -> UtteranceEncoder:
         vocab = Vocab.build(token_lists, min_freq=config.min_freq)
         return TokenEncoder(kind, vocab, config.embedding_dim, config.encoder_hidden, config.max_tokens)
     if config.finetune:
-        return TrainableTransformerEncoder(config.encoder, config.max_tokens, config.speaker_in_text)
+        return _trainable(config)
     encoder = _frozen(config)
     encoder.prepare(train_dialogues, "train")
     return encoder
@@ -185,7 +185,7 @@ def load_encoder(config, run_dir: str | os.PathLike) -> UtteranceEncoder:
         vocab = Vocab.load(run_dir / VOCAB_FILE)
         return TokenEncoder(config.encoder, vocab, config.embedding_dim, config.encoder_hidden, config.max_tokens)
     if config.finetune:
-        encoder = TrainableTransformerEncoder(config.encoder, config.max_tokens, config.speaker_in_text)
+        encoder = _trainable(config)
     else:
         encoder = _frozen(config, saved["output_size"])
     if isinstance(encoder, (TransformerEncoder, TrainableTransformerEncoder)) and encoder.identity != saved["identity"]:
@@ -197,4 +197,9 @@ def load_encoder(config, run_dir: str | os.PathLike) -> UtteranceEncoder:
 def _frozen(config, output_size: int | None = None) -> UtteranceEncoder:
     if config.encoder.startswith("features:"):
         return FeaturesEncoder(config.encoder[len("features:"):], output_size)
-    return TransformerEncoder(config.encoder, config.cache_dir, speaker_in_text=config.speaker_in_text)
+    return TransformerEncoder(config.encoder, config.cache_dir, speaker_in_text=config.speaker_in_text,
+                              context_turns=config.context_turns)
+
+
+def _trainable(config) -> TrainableTransformerEncoder:
+    return TrainableTransformerEncoder(config.encoder, config.max_tokens, config.speaker_in_text, config.context_turns)

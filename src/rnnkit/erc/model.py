@@ -58,6 +58,8 @@ class ERCConfig:
     finetune: train the transformer encoder ("minilm" or a model directory) with the rest of the model
         instead of reading frozen, cached vectors.
     speaker_in_text: a transformer encoder reads "Name: text" instead of the text alone.
+    context_turns: a transformer encoder reads each utterance together with up to this many turns before it
+        (as the second segment of a text pair; the vector still pools the utterance's own tokens only).
     encoder_lr: learning rate of the fine-tuned encoder (the rest trains at ``TrainerConfig.lr``); BERT-like
         encoders fine-tune at 1e-5..5e-5 (Devlin et al. 2019, sec. A.3), far below a fresh RNN's rate.
     """
@@ -77,12 +79,14 @@ class ERCConfig:
     cache_dir: str | None = None
     finetune: bool = False
     speaker_in_text: bool = False
+    context_turns: int = 0
     encoder_lr: float = 2e-5
 
     def __post_init__(self) -> None:
         for name in ("num_labels", "embedding_dim", "encoder_hidden", "context_hidden", "speaker_hidden",
                      "num_layers", "min_freq"):
             _check_int(name, getattr(self, name))
+        _check_int("context_turns", self.context_turns, "an int >= 0", minimum=0)
         if self.max_tokens is not None:
             _check_int("max_tokens", self.max_tokens, "None or an int >= 1")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
@@ -96,7 +100,7 @@ class ERCConfig:
         if self.cache_dir is not None and not isinstance(self.cache_dir, str):
             raise ValueError(f"ERCConfig.cache_dir must be None or a path string, got {self.cache_dir!r}")
         self._check_encoder()
-        for name in ("finetune", "speaker_in_text"):
+        for name in ("finetune", "speaker_in_text", "context_turns"):
             if getattr(self, name) and (self.encoder in ("words", "chars") or self.encoder.startswith("features:")):
                 raise ValueError(f"ERCConfig.{name} needs a transformer encoder ('minilm' or a local model "
                                  f"directory), got encoder {self.encoder!r}")
@@ -129,8 +133,8 @@ class ERCConfig:
         return cls(**data)
 
 
-def _check_int(name: str, value, expected: str = "an int >= 1") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+def _check_int(name: str, value, expected: str = "an int >= 1", minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"ERCConfig.{name} must be {expected}, got {value!r}")
 
 

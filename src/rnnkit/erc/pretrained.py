@@ -6,6 +6,11 @@ sentence vector is the mean of the last hidden states over the attention mask, L
 directory's ``modules.json`` lists a Normalize module (as sentence-transformers does), so that the
 vectors are the ones the model was published with.
 
+With ``context_turns`` > 0 the model reads each utterance as the first segment of a text pair whose second
+segment is its context (the previous turns of its dialogue, see ``UtteranceEncoder.readings``): the context
+shapes the utterance's hidden states through attention, but the mean is taken over the utterance's own tokens
+(and the special tokens around them) only, so each vector still stands for its own utterance.
+
 Shapes: B dialogues, U utterances (padded), W tokens (padded), N utterances, D hidden size of the model.
 """
 
@@ -47,8 +52,10 @@ def resolve_model_dir(name: str) -> Path:
     return path
 
 
-def _text_key(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+def _text_key(text: str, context: str | None = None) -> bytes:
+    """The cache key of ``text`` read alone (``context`` None) or with ``context`` (possibly "")."""
+    reading = text if context is None else f"{text}\0{context}"
+    return hashlib.blake2b(reading.encode("utf-8"), digest_size=16).digest()
 
 
 def _normalizes(model_dir: Path) -> bool:
@@ -86,6 +93,27 @@ def _load_backbone(model_dir: Path):
     return tokenizer, model, min(max_length or tokenizer.model_max_length, 512)
 
 
+def _tokenize(tokenizer, max_length: int, texts: list[str], contexts: list[str] | None, **kwargs):
+    """``tokenizer`` output for ``texts`` (each followed by its context as a second segment when ``contexts``
+    is given) and each row's pooled length: its first tokens up to the one after the text's last token.
+
+    At most ``max_length`` tokens per row: a text is cut to leave room for the special tokens of a pair,
+    its context is cut at its end. The pooled tokens are [CLS] text [SEP] (BERT) or <s> text </s> (RoBERTa),
+    the tokens of the text read alone.
+    """
+    if contexts is None:
+        enc = tokenizer(texts, truncation=True, max_length=max_length, **kwargs)
+    else:
+        room = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+        spans = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=room,
+                          return_offsets_mapping=True)["offset_mapping"]
+        texts = [text[: span[-1][1]] if span else text for text, span in zip(texts, spans)]
+        enc = tokenizer(texts, contexts, truncation="only_second", max_length=max_length, **kwargs)
+    pooled = [max((i for i, s in enumerate(enc.sequence_ids(row)) if s == 0), default=-1) + 2
+              for row in range(len(texts))]
+    return enc, pooled
+
+
 def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor, normalize: bool) -> torch.Tensor:
     """(n, D) mean of ``hidden`` (n, W, D) over the tokens where ``mask`` (n, W) is 1, L2-normalised if asked."""
     mask = mask.unsqueeze(-1).to(hidden.dtype)  # (n, W, 1)
@@ -105,10 +133,10 @@ class TransformerEncoder(PassThroughEncoder):
     """
 
     def __init__(self, model: str, cache_dir: str | os.PathLike | None = None, batch_size: int = 64,
-                 speaker_in_text: bool = False):
+                 speaker_in_text: bool = False, context_turns: int = 0):
         super().__init__()
         self.model_name, self.model_dir, self.batch_size = model, resolve_model_dir(model), batch_size
-        self.speaker_in_text = speaker_in_text
+        self.speaker_in_text, self.context_turns = speaker_in_text, context_turns
         config = json.loads((self.model_dir / "config.json").read_text())
         self.output_size = int(config["hidden_size"])
         self.normalize = _normalizes(self.model_dir)
@@ -123,32 +151,43 @@ class TransformerEncoder(PassThroughEncoder):
         stored = load_safetensors(self.cache_path.read_bytes())
         return {bytes(k.tolist()): v for k, v in zip(stored["keys"], stored["vectors"])}
 
+    def _keys(self, dialogues) -> list[bytes]:
+        texts, contexts = self.readings(dialogues)
+        return [_text_key(t, c) for t, c in zip(texts, contexts or [None] * len(texts))]
+
     def prepare(self, dialogues, split=None):
-        texts = {self.text_of(u) for d in dialogues for u in d.utterances}
-        missing = sorted(t for t in texts if _text_key(t) not in self._vectors)
+        texts, contexts = self.readings(dialogues)
+        missing = {}  # key -> index of its first reading
+        for i, key in enumerate(self._keys(dialogues)):
+            if key not in self._vectors:
+                missing.setdefault(key, i)
         if not missing:
             return
-        for text, vector in zip(missing, self.embed(missing)):
-            self._vectors[_text_key(text)] = vector
+        rows = list(missing.values())
+        vectors = self.embed([texts[i] for i in rows], None if contexts is None else [contexts[i] for i in rows])
+        self._vectors.update(zip(missing, vectors))
         self._vectors = self._read_cache() | self._vectors  # keep what other processes added meanwhile
         keys = torch.tensor([list(k) for k in self._vectors], dtype=torch.uint8)  # (N, 16)
         vectors = torch.stack(list(self._vectors.values()))  # (N, D)
         data = save_safetensors({"keys": keys, "vectors": vectors}, metadata={"model": str(self.model_dir)})
         atomic_write_bytes(self.cache_path, data)
 
-    def embed(self, texts: list[str]) -> torch.Tensor:
-        """(N, D) float32 sentence vectors for ``texts``, computed by the model (no cache)."""
+    def embed(self, texts: list[str], contexts: list[str] | None = None) -> torch.Tensor:
+        """(N, D) float32 sentence vectors for ``texts`` (read with ``contexts`` if given), computed by the
+        model (no cache)."""
         tokenizer, model, max_length = self._load()
         device = next(model.parameters()).device
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
+        size = [len(t) + len(contexts[i] if contexts else "") for i, t in enumerate(texts)]
+        order = sorted(range(len(texts)), key=size.__getitem__)  # similar lengths share a batch
         out = torch.empty(len(texts), self.output_size)
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
                 chunk = order[start : start + self.batch_size]
-                enc = tokenizer([texts[i] for i in chunk], padding=True, truncation=True,
-                                max_length=max_length, return_tensors="pt").to(device)
-                hidden = model(**enc).last_hidden_state  # (n, W, D)
-                out[chunk] = _mean_pool(hidden, enc["attention_mask"], self.normalize).float().cpu()
+                enc, pooled = _tokenize(tokenizer, max_length, [texts[i] for i in chunk],
+                                        contexts and [contexts[i] for i in chunk], padding=True, return_tensors="pt")
+                hidden = model(**enc.to(device)).last_hidden_state  # (n, W, D)
+                pool_mask = torch.arange(hidden.shape[1], device=device) < torch.tensor(pooled, device=device)[:, None]
+                out[chunk] = _mean_pool(hidden, pool_mask, self.normalize).float().cpu()  # pool_mask: (n, W)
         return out
 
     def _load(self):
@@ -160,7 +199,7 @@ class TransformerEncoder(PassThroughEncoder):
 
     def _rows(self, dialogues):
         self.prepare(dialogues)
-        return torch.stack([self._vectors[_text_key(self.text_of(u))] for d in dialogues for u in d.utterances])
+        return torch.stack([self._vectors[key] for key in self._keys(dialogues)])
 
     def _description(self):
         return super()._description() | {"model_dir": str(self.model_dir), "identity": self.identity}
@@ -179,9 +218,11 @@ class TrainableTransformerEncoder(UtteranceEncoder):
 
     chunk_size = 32  # utterances per encoder call
 
-    def __init__(self, model: str, max_tokens: int | None = None, speaker_in_text: bool = False):
+    def __init__(self, model: str, max_tokens: int | None = None, speaker_in_text: bool = False,
+                 context_turns: int = 0):
         super().__init__()
-        self.model_name, self.model_dir, self.speaker_in_text = model, resolve_model_dir(model), speaker_in_text
+        self.model_name, self.model_dir = model, resolve_model_dir(model)
+        self.speaker_in_text, self.context_turns = speaker_in_text, context_turns
         self.normalize = _normalizes(self.model_dir)
         self.identity = _identity(self.model_dir, self.normalize)
         self.tokenizer, self.backbone, limit = _load_backbone(self.model_dir)
@@ -191,22 +232,25 @@ class TrainableTransformerEncoder(UtteranceEncoder):
             # Mean pooling never reads the [CLS] pooler: it would get no gradient, which DDP rejects.
             self.backbone.pooler = None
 
-    def _tokenize(self, texts: list[str], **kwargs):
-        return self.tokenizer(texts, truncation=True, max_length=self.max_length, **kwargs)
-
     def num_tokens(self, dialogue):
-        return sum(map(len, self._tokenize([self.text_of(u) for u in dialogue.utterances])["input_ids"]))
+        enc, _ = _tokenize(self.tokenizer, self.max_length, *self.readings([dialogue]))
+        return sum(map(len, enc["input_ids"]))
 
     def batch_inputs(self, dialogues):
         B, U, where = grid(dialogues)
-        enc = self._tokenize([self.text_of(u) for d in dialogues for u in d.utterances], padding=True,
-                             return_tensors="pt")
-        return {name: scatter(enc[name], B, U, where) for name in ("input_ids", "attention_mask")}  # (B, U, W)
+        texts, contexts = self.readings(dialogues)
+        enc, pooled = _tokenize(self.tokenizer, self.max_length, texts, contexts, padding=True, return_tensors="pt")
+        names = ["input_ids", "attention_mask"] + (["token_type_ids"] if contexts and "token_type_ids" in enc else [])
+        inputs = {name: scatter(enc[name], B, U, where) for name in names}  # (B, U, W)
+        inputs["pool_lengths"] = scatter(torch.tensor(pooled), B, U, where)  # (B, U)
+        return inputs
 
     def forward(self, inputs):
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         B, U, W = ids.shape
         ids, mask = ids.reshape(B * U, W), mask.reshape(B * U, W)
+        types = inputs["token_type_ids"].reshape(B * U, W) if "token_type_ids" in inputs else None
+        pool_lengths = inputs["pool_lengths"].reshape(B * U)
         lengths = mask.sum(1)  # (B*U,)
         # Utterances sorted by length and encoded in chunks, each cut to its own longest: a batch padded to its
         # longest utterance holds about three times its real tokens (MELD), and the encoder is most of a step.
@@ -215,8 +259,10 @@ class TrainableTransformerEncoder(UtteranceEncoder):
         pooled = []
         for chunk in where.split(self.chunk_size):
             w = int(lengths[chunk].max())
-            hidden = self.backbone(input_ids=ids[chunk, :w], attention_mask=mask[chunk, :w]).last_hidden_state  # (n, w, D)
-            pooled.append(_mean_pool(hidden, mask[chunk, :w], self.normalize))  # (n, D)
+            extra = {} if types is None else {"token_type_ids": types[chunk, :w]}
+            hidden = self.backbone(input_ids=ids[chunk, :w], attention_mask=mask[chunk, :w], **extra).last_hidden_state
+            pool_mask = torch.arange(w, device=ids.device) < pool_lengths[chunk, None]  # (n, w)
+            pooled.append(_mean_pool(hidden, pool_mask, self.normalize))  # (n, D); hidden: (n, w, D)
         return scatter(torch.cat(pooled), B, U, where)  # (B, U, D)
 
     def _description(self):
