@@ -9,12 +9,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from rnnkit.cli import main
+from rnnkit.cli._rundir import class_weights, erc_loss
 from rnnkit.erc.corpus import builtin_corpus
 from rnnkit.erc.data import Dialogue, Utterance, write_jsonl
 from rnnkit.erc.model import ERCConfig
@@ -238,10 +241,10 @@ def test_a_finetuned_run_reloads_its_encoder_and_reproduces_its_metrics(tmp_path
     assert main(["train", "--data", str(_meld(tmp_path)), "--out", str(out), "--encoder", "minilm", "--finetune",
                  "--encoder-lr", "1e-3", "--warmup", "0.5", "--schedule", "linear", "--token-budget", "12",
                  "--epochs", "1", "--batch-size", "2", "--context-hidden", "4", "--speaker-hidden", "4",
-                 "--context-turns", "1", "--quiet"]) == 0
+                 "--context-turns", "1", "--class-weighting", "0.5", "--quiet"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["finetune"] and config["model"]["encoder_lr"] == 1e-3
-    assert config["model"]["context_turns"] == 1
+    assert config["model"]["context_turns"] == 1 and config["trainer"]["class_weighting"] == 0.5
     assert (config["trainer"]["warmup"], config["trainer"]["schedule"], config["trainer"]["token_budget"]) == \
         (0.5, "linear", 12)
     weights = load_file(out / "model.safetensors")
@@ -254,6 +257,29 @@ def test_a_finetuned_run_reloads_its_encoder_and_reproduces_its_metrics(tmp_path
     evaluated = json.loads(output.read_text())
     for key in ("weighted_f1", "accuracy", "report", "confusion"):
         assert evaluated[key] == saved[key], key
+
+
+def test_class_weights_follow_the_label_counts():
+    dialogue = Dialogue("d", tuple(Utterance("A", "x", label) for label in ["joy", "joy", "neutral", "joy", None]))
+    labels = ["joy", "neutral", "sadness"]  # counts 3, 1 and 0 (counted as 1): mean 5/3
+    assert class_weights([dialogue], labels, 0.0) is None
+    torch.testing.assert_close(class_weights([dialogue], labels, 1.0), torch.tensor([5 / 9, 5 / 3, 5 / 3]))
+    torch.testing.assert_close(class_weights([dialogue], labels, 0.5), torch.tensor([5 / 9, 5 / 3, 5 / 3]).sqrt())
+
+
+def test_weighted_loss_is_the_weighted_mean_over_labeled_utterances():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, requires_grad=True)  # (B, U, L)
+    labels = torch.tensor([[0, 3, -100], [1, 1, -100]])
+    batch = SimpleNamespace(labels=labels)
+    weights = torch.tensor([0.5, 2.0, 1.0, 3.0])
+    flat = logits.reshape(6, 4), labels.reshape(6)
+    expected = torch.nn.functional.cross_entropy(*flat, weight=weights)  # torch's mean divides by the weight sum
+    torch.testing.assert_close(erc_loss(lambda b: logits, batch, weights), expected)
+    torch.testing.assert_close(erc_loss(lambda b: logits, batch), torch.nn.functional.cross_entropy(*flat))
+    unlabeled = SimpleNamespace(labels=torch.full((2, 3), -100))
+    loss = erc_loss(lambda b: logits, unlabeled, weights)
+    assert float(loss) == 0.0 and loss.requires_grad
 
 
 def test_torchrun_two_processes(tmp_path):

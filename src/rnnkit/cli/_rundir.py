@@ -39,7 +39,7 @@ from rnnkit.erc.training import WEIGHTS_FILE
 __all__ = [
     "CONFIG_FILE", "METRICS_FILE", "CONFUSION_PNG", "CURVES_PNG", "EVAL_BATCH_SIZE",
     "Run", "load_run", "load_runs", "write_json", "read_json", "resolve_format", "read_dialogues", "check_labels",
-    "erc_loss", "predict_probabilities", "score",
+    "erc_loss", "class_weights", "predict_probabilities", "score",
 ]
 
 CONFIG_FILE = "config.json"
@@ -135,13 +135,34 @@ def check_labels(dialogues: list[Dialogue], labels: list[str], source: str) -> N
                                 f"label {utterance.label!r}; the run's labels are {', '.join(labels)}")
 
 
-def erc_loss(model: nn.Module, batch) -> torch.Tensor:
-    """Cross-entropy averaged over the labeled utterances of the batch (0 when there are none)."""
+def erc_loss(model: nn.Module, batch, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy averaged over the labeled utterances of the batch (0 when there are none); with class
+    ``weights`` (L,), the weighted mean (each utterance's term times the weight of its label, over their sum)."""
     logits = model(batch)  # (B, U, L)
     labels = batch.labels.reshape(-1)  # (B*U,)
-    total = nn.functional.cross_entropy(logits.reshape(labels.numel(), -1), labels, ignore_index=IGNORE_INDEX,
-                                        reduction="sum")
-    return total / labels.ne(IGNORE_INDEX).sum().clamp(min=1)
+    if weights is not None:
+        weights = weights.to(logits.device)
+    total = nn.functional.cross_entropy(logits.reshape(labels.numel(), -1), labels, weight=weights,
+                                        ignore_index=IGNORE_INDEX, reduction="sum")
+    labeled = labels[labels.ne(IGNORE_INDEX)]  # (N,)
+    if not labeled.numel():
+        return total  # 0, still attached to the graph
+    return total / (labeled.numel() if weights is None else weights[labeled].sum())
+
+
+def class_weights(dialogues: list[Dialogue], labels: list[str], power: float) -> torch.Tensor | None:
+    """(L,) loss weights ``(count / mean count) ** -power`` from the label counts of ``dialogues`` (a class never
+    seen counts as one); None for ``power`` 0. 0.5 weighs by the inverse square root of frequency, 1 by its inverse."""
+    if power == 0:
+        return None
+    index = {label: i for i, label in enumerate(labels)}
+    counts = torch.zeros(len(labels))
+    for dialogue in dialogues:
+        for utterance in dialogue.utterances:
+            if utterance.label is not None:
+                counts[index[utterance.label]] += 1
+    counts = counts.clamp(min=1)
+    return (counts / counts.mean()) ** -power
 
 
 def predict_probabilities(models: ERCModel | Sequence[ERCModel], dialogues: list[Dialogue]) -> list[torch.Tensor]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from rnnkit.cli._rundir import (
     CURVES_PNG,
     METRICS_FILE,
     check_labels,
+    class_weights,
     erc_loss,
     read_dialogues,
     read_json,
@@ -51,7 +53,7 @@ _MODEL_FLAGS = ("encoder", "embedding_dim", "encoder_hidden", "context_hidden", 
                 "dropout", "min_freq", "max_tokens", "cache_dir", "finetune", "speaker_in_text",
                 "context_turns", "encoder_lr")
 _TRAINER_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "seed", "device", "warmup", "schedule",
-                  "token_budget")
+                  "token_budget", "class_weighting")
 
 EXAMPLES = """examples:
   rnnkit train --ablation --out runs/builtin            # built-in corpus: full / no_context / no_speaker
@@ -115,6 +117,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        help=f"learning-rate decay after the warm-up (default: {_default(TrainerConfig, 'schedule')})")
     optim.add_argument("--token-budget", type=int, metavar="INT",
                        help="most tokens per batch (with at most --batch-size dialogues; default: no limit)")
+    optim.add_argument("--class-weighting", type=float, metavar="POWER",
+                       help="weigh each class's loss by (its frequency / the mean) ** -POWER: 0.5 inverse square "
+                       "root, 1 inverse frequency (default: 0, plain cross-entropy)")
     optim.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     optim.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
@@ -274,7 +279,9 @@ def _train_one(plan: _Plan, data: _Data, info: DistInfo) -> dict:
         return {k: v for k, v in scores.items() if isinstance(v, float)}
 
     trainer = Trainer(model, data.splits["train"], lambda items: collate_dialogues(items, encoder, label_index),
-                      erc_loss, evaluate, monitor, trainer_config, plan.directory,
+                      functools.partial(erc_loss, weights=class_weights(data.splits["train"], data.labels,
+                                                                        trainer_config.class_weighting)),
+                      evaluate, monitor, trainer_config, plan.directory,
                       param_groups=model.param_groups(trainer_config.lr), item_size=encoder.num_tokens)
     result = trainer.fit(resume=resume)
     if not info.is_main:

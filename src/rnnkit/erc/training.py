@@ -92,6 +92,9 @@ class TrainerConfig:
         ``epochs``, so a run resumed with more epochs stretches the rest of its decay over the new total.
     token_budget: None, or the most tokens (as ``Trainer.item_size`` counts them) a batch may hold; batches
         then also hold at most ``batch_size`` items (see :func:`rnnkit.batching.budget_batches`).
+    class_weighting: the power p of the class weights ``(class count / mean count) ** -p`` in the ERC loss
+        (``rnnkit.cli._rundir.class_weights``): 0 plain cross-entropy, 0.5 inverse square root of the class
+        frequency, 1 its inverse. Read by whoever builds ``loss_fn``; the Trainer itself does not use it.
 
     The defaults train the ERC ablation trio on the built-in corpus in about two minutes on two CPU cores.
     """
@@ -107,6 +110,7 @@ class TrainerConfig:
     warmup: float = 0.0
     schedule: str = "constant"
     token_budget: int | None = None
+    class_weighting: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -126,6 +130,9 @@ class TrainerConfig:
         budget = self.token_budget
         if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
             raise ValueError(f"TrainerConfig.token_budget must be None or an integer >= 1, got {budget!r}")
+        power = self.class_weighting
+        if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0 <= power <= 2:
+            raise ValueError(f"TrainerConfig.class_weighting must be a number in [0, 2], got {power!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"TrainerConfig.seed must be an integer >= 0, got {self.seed!r}")
         if self.device != "auto":
