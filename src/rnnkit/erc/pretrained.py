@@ -151,14 +151,15 @@ class TransformerEncoder(PassThroughEncoder):
         stored = load_safetensors(self.cache_path.read_bytes())
         return {bytes(k.tolist()): v for k, v in zip(stored["keys"], stored["vectors"])}
 
-    def _keys(self, dialogues) -> list[bytes]:
+    def _keys(self, dialogues) -> tuple[list[bytes], list[str], list[str] | None]:
+        """The cache key of every utterance of ``dialogues`` as this encoder reads it, and the readings."""
         texts, contexts = self.readings(dialogues)
-        return [_text_key(t, c) for t, c in zip(texts, contexts or [None] * len(texts))]
+        return [_text_key(t, c) for t, c in zip(texts, contexts or [None] * len(texts))], texts, contexts
 
     def prepare(self, dialogues, split=None):
-        texts, contexts = self.readings(dialogues)
+        keys, texts, contexts = self._keys(dialogues)
         missing = {}  # key -> index of its first reading
-        for i, key in enumerate(self._keys(dialogues)):
+        for i, key in enumerate(keys):
             if key not in self._vectors:
                 missing.setdefault(key, i)
         if not missing:
@@ -199,7 +200,7 @@ class TransformerEncoder(PassThroughEncoder):
 
     def _rows(self, dialogues):
         self.prepare(dialogues)
-        return torch.stack([self._vectors[key] for key in self._keys(dialogues)])
+        return torch.stack([self._vectors[key] for key in self._keys(dialogues)[0]])
 
     def _description(self):
         return super()._description() | {"model_dir": str(self.model_dir), "identity": self.identity}
