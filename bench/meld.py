@@ -2,7 +2,7 @@
 
 Drives the ``rnnkit`` command line as a user would: one ``rnnkit train`` process per variant and seed
 into ``RUNS_DIR/<mode>-<variant>-seed<seed>``, then ``rnnkit predict`` on the test CSV for speed. It reads
-each run's metrics.json and prints a markdown table of dev and test weighted F1 and test accuracy (mean ±
+each run's metrics.json and prints a markdown table of dev and test weighted F1, test macro F1 and accuracy (mean ±
 std over seeds), wall seconds per epoch and per run, and the peak resident memory of the training process.
 The epoch is chosen by dev weighted F1 inside ``rnnkit train``; the test split is scored once per finished
 run and chooses nothing.
@@ -134,16 +134,17 @@ def main() -> None:
         timing = [results[variant, seed][1] for seed in args.seeds]
         scores = (("dev", "weighted_f1"), ("test", "weighted_f1"), ("test", "accuracy"))
         dev, test, accuracy = ([m[split][key] for m in metrics] for split, key in scores)
+        macro = [100 * m["test"]["report"]["macro avg"]["f1-score"] for m in metrics]
         seconds = statistics.mean(t["seconds"] for t in timing)
         epochs = len(metrics[0]["history"])
-        rows.append(f"| {variant} | {mean_std(dev)} | {mean_std(test)} | {mean_std(accuracy)} "
+        rows.append(f"| {variant} | {mean_std(dev)} | {mean_std(test)} | {mean_std(macro)} | {mean_std(accuracy)} "
                     f"| {statistics.mean(m['best_epoch'] for m in metrics):.1f} | {seconds / epochs:.0f} "
                     f"| {seconds:.0f} | {max(t['peak_rss_mb'] for t in timing):.0f} |")
     print(f"\nMELD, {args.mode} all-MiniLM-L6-v2, {len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), "
           f"{args.jobs} training(s) at a time\n")
-    print("| variant | dev weighted F1 | test weighted F1 | test accuracy | best epoch | s / epoch | s / run "
-          "| peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| variant | dev weighted F1 | test weighted F1 | test macro F1 | test accuracy | best epoch | s / epoch "
+          "| s / run | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows), flush=True)
     if not args.no_predict:
         run = run_dir(args, args.variants[0], args.seeds[0])
