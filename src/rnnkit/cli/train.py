@@ -58,8 +58,8 @@ _TRAINER_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "se
 EXAMPLES = """examples:
   rnnkit train --ablation --out runs/builtin            # built-in corpus: full / no_context / no_speaker
   rnnkit train --data data/meld --encoder minilm --out runs/meld --epochs 20
-  rnnkit train --data data/meld --encoder minilm --finetune --encoder-lr 2e-5 --lr 1e-3 \\
-      --warmup 0.1 --schedule linear --token-budget 2048 --out runs/meld-ft   # train MiniLM too
+  rnnkit train --data data/meld --encoder minilm --finetune --encoder-lr 5e-5 --lr 1e-3 --warmup 0.1 \\
+      --schedule linear --token-budget 2048 --class-weighting 0.5 --out runs/meld-ft   # train MiniLM too
   rnnkit train --data data/dd --format dailydialog --no-context --out runs/dd
   rnnkit train --resume --out runs/meld                 # continue an interrupted run
   torchrun --nproc_per_node 2 -m rnnkit.cli train --out runs/ddp
