@@ -1,6 +1,6 @@
 """Speed of rnnkit's recurrent layers against torch's, measured side by side in one run.
 
-    python bench/rnn.py [--repeats N]
+    python bench/rnn.py [--repeats N] [--only backends]
 
 Runs on CPU in float32 with ``torch.set_num_threads(2)``. The layers compared in one table are
 timed round-robin (one call of each, N times over) after a warm-up call, and each is reported by
@@ -269,19 +269,45 @@ def bench_forward(repeats, B, T, H, peak):
     )
 
 
+def bench_backends(repeats):
+    """The two exact backends in training (forward + backward, lengths) over a few shapes: what "auto" should pick."""
+    print("\nrnnkit.LSTM forward + backward with lengths U[T/4,T], D=H: native against equations")
+    for B, T, H, layers, bidirectional in ((16, 200, 128, 1, False), (32, 50, 128, 1, True),
+                                           (64, 100, 256, 2, True), (64, 100, 512, 1, False)):
+        torch.manual_seed(0)
+        native = LSTM(H, H, num_layers=layers, bidirectional=bidirectional, backend="native")
+        equations = LSTM(H, H, num_layers=layers, bidirectional=bidirectional, backend="equations")
+        equations.load_state_dict(native.state_dict())
+        x = torch.randn(T, B, H, requires_grad=True)
+        lengths = random_lengths(B, T)
+        with torch.no_grad():
+            torch.testing.assert_close(native(x, lengths=lengths)[0], equations(x, lengths=lengths)[0],
+                                       atol=1e-4, rtol=1e-4)
+        seconds = measure({"native": fwd_bwd(native, x, lengths=lengths),
+                           "equations": fwd_bwd(equations, x, lengths=lengths)}, repeats)
+        print(f"  B={B:3d} T={T:3d} H={H:3d} layers={layers} bidirectional={bidirectional!s:5s}  native "
+              f"{seconds['native'] * 1e3:7.1f} ms  equations {seconds['equations'] * 1e3:7.1f} ms  "
+              f"native / equations {seconds['native'] / seconds['equations']:.2f}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per layer (default 7)")
+    parser.add_argument("--only", choices=["backends"], help="run only this table")
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
     peak = gemm_peak()
     print(f"torch {torch.__version__}, {platform.machine()} {_cpu_name()}, {THREADS} threads, float32; "
           f"median of {args.repeats} round-robin calls")
     print(f"fp32 GEMM peak (2048x2048 torch.mm): {peak:.0f} GFLOP/s")
+    if args.only == "backends":
+        bench_backends(args.repeats)
+        return
     bench_bidirectional_lstm(args.repeats)
     bench_layernorm_lstm(args.repeats)
     bench_forward(args.repeats, B=16, T=200, H=128, peak=peak)
     bench_forward(args.repeats, B=64, T=100, H=512, peak=peak)
+    bench_backends(args.repeats)
 
 
 def _cpu_name() -> str:
