@@ -278,10 +278,9 @@ def _train_one(plan: _Plan, data: _Data, info: DistInfo) -> dict:
         scores = score(m, data.splits["dev"], data.labels, data.format)
         return {k: v for k, v in scores.items() if isinstance(v, float)}
 
+    weights = class_weights(data.splits["train"], data.labels, trainer_config.class_weighting)  # (L,) or None
     trainer = Trainer(model, data.splits["train"], lambda items: collate_dialogues(items, encoder, label_index),
-                      functools.partial(erc_loss, weights=class_weights(data.splits["train"], data.labels,
-                                                                        trainer_config.class_weighting)),
-                      evaluate, monitor, trainer_config, plan.directory,
+                      functools.partial(erc_loss, weights=weights), evaluate, monitor, trainer_config, plan.directory,
                       param_groups=model.param_groups(trainer_config.lr), item_size=encoder.num_tokens)
     result = trainer.fit(resume=resume)
     if not info.is_main:

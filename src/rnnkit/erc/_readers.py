@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rnnkit.erc.records import Dialogue, Utterance, data_error
 
-__all__ = ["FIXED_LABELS", "read_text", "read_table", "read_dailydialog", "emotion_file", "read_jsonl"]
+__all__ = ["FIXED_LABELS", "read_table", "read_dailydialog", "emotion_file", "read_jsonl"]
 
 FIXED_LABELS = {
     "meld": ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"),
@@ -26,7 +26,7 @@ CSV_COLUMNS = {
 DIALOGUE_KEY = {"meld": ("Dialogue_ID",), "emorynlp": ("Season", "Episode", "Scene_ID")}
 
 
-def read_text(path: Path) -> str:
+def _read_text(path: Path) -> str:
     """The file decoded as UTF-8 (a leading byte-order mark dropped); a bad byte is reported with its line."""
     try:
         data = path.read_bytes()
@@ -38,13 +38,14 @@ def read_text(path: Path) -> str:
         return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as err:
         line_start = data.rfind(b"\n", 0, err.start) + 1
-        raise data_error(path, f"byte 0x{data[err.start]:02x} at column {err.start - line_start + 1} is not valid UTF-8",
-                     line=data.count(b"\n", 0, err.start) + 1) from None
+        column = err.start - line_start + 1
+        raise data_error(path, f"byte 0x{data[err.start]:02x} at column {column} is not valid UTF-8",
+                         line=data.count(b"\n", 0, err.start) + 1) from None
 
 
 def _lines(path: Path) -> list[str]:
     # str.splitlines would also break on form feeds and U+2028 inside an utterance; only "\n" ends a line here.
-    lines = read_text(path).split("\n")
+    lines = _read_text(path).split("\n")
     if lines[-1] == "":
         lines.pop()
     return [line.removesuffix("\r") for line in lines]
@@ -55,18 +56,18 @@ def read_table(path: Path, format: str | None, require_labels: bool) -> list[Dia
     import pandas as pd
 
     try:
-        frame = pd.read_csv(io.StringIO(read_text(path)), dtype=str, keep_default_na=False, skip_blank_lines=False)
+        frame = pd.read_csv(io.StringIO(_read_text(path)), dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         # pandas' tokenizer counts lines as we do ("Expected 5 fields in line 3, saw 6").
         line = re.search(r"in line (\d+)", str(err))
         raise data_error(path, f"not a readable CSV file ({str(err).strip()})",
-                     line=int(line.group(1)) if line else None) from None
+                         line=int(line.group(1)) if line else None) from None
     format = format or ("emorynlp" if "Scene_ID" in frame.columns else "meld")
     needed = [c for c in CSV_COLUMNS[format] if require_labels or c != "Emotion"]
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise data_error(path, f"missing column {missing[0]!r} ({format} needs {', '.join(needed)}; "
-                           f"the header has {', '.join(map(str, frame.columns))})", line=1, field=missing[0])
+                               f"the header has {', '.join(map(str, frame.columns))})", line=1, field=missing[0])
     labelled = "Emotion" in frame.columns
     # A quoted field may span lines, so each row starts after the newlines of the rows before it (header = line 1).
     newlines = frame.apply(lambda column: column.str.count("\n")).sum(axis=1).tolist()
@@ -82,8 +83,8 @@ def read_table(path: Path, format: str | None, require_labels: bool) -> list[Dia
             turns = dialogues.setdefault(key, {})
             if position in turns:
                 raise data_error(path, f"duplicate Utterance_ID {position} in dialogue "
-                                   f"{_table_dialogue_id(key)} (first on line {turns[position][0]})",
-                             line=line, field="Utterance_ID")
+                                       f"{_table_dialogue_id(key)} (first on line {turns[position][0]})",
+                                 line=line, field="Utterance_ID")
             turns[position] = (line, Utterance(speaker, text, label))
         line += 1 + extra
     return [Dialogue(_table_dialogue_id(key), tuple(turns[p][1] for p in sorted(turns)))
@@ -116,14 +117,14 @@ def _speaker(path, line, value: str, format: str) -> str:
         names = None
     if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n.strip() for n in names):
         raise data_error(path, f"expected a list of names such as ['Monica Geller'], got {value!r}",
-                     line=line, field="Speaker")
+                         line=line, field="Speaker")
     return ", ".join(name.strip() for name in names)
 
 
 def _label(path, line, field, value: str, format: str) -> str:
     if value not in FIXED_LABELS[format]:
         raise data_error(path, f"unknown label {value!r}; {format} labels are {', '.join(FIXED_LABELS[format])}",
-                     line=line, field=field)
+                         line=line, field=field)
     return value
 
 
@@ -143,7 +144,7 @@ def read_dailydialog(text_path: Path, emotion_path: Path | None) -> list[Dialogu
         emotions = _lines(emotion_path)
         if len(emotions) != len(texts):
             raise data_error(emotion_path, f"has {len(emotions)} lines but {text_path} has {len(texts)} dialogues",
-                         line=min(len(emotions), len(texts)) + 1)
+                             line=min(len(emotions), len(texts)) + 1)
     dialogues = []
     for number, (line, ids) in enumerate(zip(texts, emotions), start=1):
         pieces = line.split("__eou__")
@@ -156,7 +157,7 @@ def read_dailydialog(text_path: Path, emotion_path: Path | None) -> list[Dialogu
             _emotion_label(emotion_path, number, k, token) for k, token in enumerate(ids.split(), start=1)]
         if len(labels) != len(turns):
             raise data_error(emotion_path, f"{len(labels)} emotion ids for {len(turns)} utterances "
-                                       f"on line {number} of {text_path}", line=number)
+                                           f"on line {number} of {text_path}", line=number)
         # DailyDialog records no speaker names, only that the two participants take turns.
         dialogues.append(Dialogue(str(number), tuple(
             Utterance("AB"[k % 2], text, label) for k, (text, label) in enumerate(zip(turns, labels)))))
@@ -167,7 +168,7 @@ def _emotion_label(path, line, k, token: str) -> str:
     names = FIXED_LABELS["dailydialog"]
     if not token.isdigit() or int(token) >= len(names):
         raise data_error(path, f"unknown emotion id {token!r}; expected 0..{len(names) - 1}", line=line,
-                     field=f"emotion {k}")
+                         field=f"emotion {k}")
     return names[int(token)]
 
 
@@ -189,7 +190,7 @@ def read_jsonl(path: Path) -> list[Dialogue]:
         id_ = str(id_)
         if id_ in first_line:
             raise data_error(path, f"duplicate dialogue id {id_!r} (first on line {first_line[id_]})", line=number,
-                         field="id")
+                             field="id")
         first_line[id_] = number
         turns = record.get("utterances")
         if not isinstance(turns, list) or not turns:

@@ -3,8 +3,8 @@
 A :class:`Dialogue` is an ordered tuple of :class:`Utterance` s, each with its speaker, its text and, when annotated,
 its emotion label (both defined in :mod:`rnnkit.erc.records`). The readers (:mod:`rnnkit.erc._readers`, called
 by :func:`read_split` and :func:`read_file` here) turn four on-disk layouts into that one form and check the input
-at the boundary: every problem is a :class:`DataError` whose message names the file, the 1-based line in that file and the
-field, so nothing further down (vocabularies, batching, training) has to guess what went wrong.
+at the boundary: every problem is a :class:`DataError` whose message names the file, the 1-based line in that file
+and the field, so nothing further down (vocabularies, batching, training) has to guess what went wrong.
 
 Formats, each as ``read_split(directory, split)`` finds it (``split`` is "train", "dev" or "test"):
 
@@ -145,7 +145,7 @@ def read_file(path, format: str | None = None) -> list[Dialogue]:
         format = "dailydialog"
     elif path.suffix != ".csv":
         raise data_error(path, "cannot tell the format; expected a .jsonl file, a MELD or EmoryNLP .csv file "
-                           "or a DailyDialog dialogues_*.txt file (or pass format=)")
+                               "or a DailyDialog dialogues_*.txt file (or pass format=)")
     if format == "jsonl":
         return read_jsonl(path)
     if format == "dailydialog":
