@@ -50,7 +50,7 @@ def test_rows_and_sorted_states():
     packing = Packing(lengths, 3, 4)
     assert packing.batch_sizes == [3, 3, 2]  # sequences 2, 3, 0 at step 0 (ties in batch order), then 2, 3
     assert packing.rows(torch.tensor([0, 1, 2]), torch.tensor([0, 0, 3])).tolist() == [2, 5, 7]
-    state = torch.tensor([[0.0], [1.0], [2.0], [3.0]])  # (B, 1) in batch order
+    state = torch.tensor([[[0.0], [1.0], [2.0], [3.0]]])  # (1, B, 1) in batch order
     assert packing.sort(state).view(-1).tolist() == [2.0, 3.0, 0.0, 1.0]
     assert torch.equal(packing.unsort(packing.sort(state)), state)
 

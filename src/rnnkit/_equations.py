@@ -1,14 +1,14 @@
 """The ``backend="equations"`` layers: one (bi)directional layer run from the gate equations.
 
 The real steps of the batch are first put in packed order (:class:`rnnkit._packing.Packing`:
-sorted longest first, time-major, padding left out). Per direction, the input projection
-:math:`W_{ih} x_t` is then done for all real steps with one ``F.linear`` (a single large matmul,
-and a single one in the backward pass too, on no padding row); only the recurrent part runs step
-by step, in :mod:`rnnkit._recurrence`. The reverse direction is the same recurrence run on each
-sequence read backwards from its own last element (not from the padding), and its output is
-put back in forward time.
+sorted longest first, time-major, padding left out). The reverse direction of a bidirectional
+layer runs on each sequence read backwards from its own last element (not from the padding), and
+its output is put back in forward time. Both directions go through one computation with a leading
+direction dimension: the input projection :math:`W_{ih} x_t` of all real steps of both directions
+is one batched matmul (and one in the backward pass too, on no padding row), and only the
+recurrent part runs step by step, in :mod:`rnnkit._recurrence`, stepping both directions at once.
 
-Shapes: T time steps, B sequences, N real steps (sum of lengths), D input features, H hidden
+Shapes: dirs directions, T time steps, B sequences, N real steps (sum of lengths), D input features, H hidden
 units, H_out = proj_size or H.
 """
 
@@ -23,44 +23,54 @@ from ._packing import Packing
 __all__ = ["run_layer", "run_packed"]
 
 
-def _split(weights: list[torch.Tensor], has_biases: bool):
-    """``[w_ih, w_hh, (b_ih, b_hh), *rest]`` -> ``w_ih, w_hh, b_ih, b_hh, rest`` (biases None if absent)."""
-    w_ih, w_hh = weights[:2]
-    b_ih, b_hh = weights[2:4] if has_biases else (None, None)
-    return w_ih, w_hh, b_ih, b_hh, weights[4 if has_biases else 2 :]
+def _stacked(weights: list[list[torch.Tensor]], has_biases: bool):
+    """Per-direction ``[w_ih, w_hh, (b_ih, b_hh), *rest]`` -> ``w_ih, w_hh, b_ih, b_hh, rest``, each
+    stacked over the directions (dirs, ...); biases None if absent."""
+    stacked = [ws[0].unsqueeze(0) if len(ws) == 1 else torch.stack(ws) for ws in zip(*weights)]
+    w_ih, w_hh = stacked[:2]
+    b_ih, b_hh = stacked[2:4] if has_biases else (None, None)
+    return w_ih, w_hh, b_ih, b_hh, stacked[4 if has_biases else 2 :]
+
+
+def _project(x, w_ih, bias):
+    """x (dirs, N, D) @ w_ih^T (dirs, D, G) [+ bias (dirs, G)] -> (dirs, N, G): every real step of every
+    direction in one batched matmul."""
+    if bias is None:
+        return torch.bmm(x, w_ih.transpose(1, 2))
+    return torch.baddbmm(bias[:, None], x, w_ih.transpose(1, 2))
 
 
 def _lstm(x, packing, state, weights, has_biases):
-    w_ih, w_hh, b_ih, b_hh, rest = _split(weights, has_biases)
+    w_ih, w_hh, b_ih, b_hh, rest = _stacked(weights, has_biases)
     w_hr = rest[0] if rest else None
-    xg = F.linear(x, w_ih, b_ih + b_hh if has_biases else None)  # (N, 4H)
+    xg = _project(x, w_ih, b_ih + b_hh if has_biases else None)  # (dirs, N, 4H)
     return _recurrence.packed_lstm(xg, packing, *state, w_hh, w_hr)
 
 
 def _gru(x, packing, state, weights, has_biases):
-    w_ih, w_hh, b_ih, b_hh, _ = _split(weights, has_biases)
-    xg = F.linear(x, w_ih, b_ih)  # (N, 3H)
+    w_ih, w_hh, b_ih, b_hh, _ = _stacked(weights, has_biases)
+    xg = _project(x, w_ih, b_ih)  # (dirs, N, 3H)
     return _recurrence.packed_gru(xg, packing, *state, w_hh, b_hh)
 
 
 def _layernorm_lstm(x, packing, state, weights, has_biases):
-    w_ih, w_hh, b_ih, b_hh, rest = _split(weights, has_biases)
+    w_ih, w_hh, b_ih, b_hh, rest = _stacked(weights, has_biases)
     ln_ih_weight, ln_ih_bias, *ln_rest = rest  # ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias
-    xg = F.layer_norm(F.linear(x, w_ih), (w_ih.shape[0],), ln_ih_weight, ln_ih_bias)  # (N, 4H)
-    if has_biases:
-        xg = xg + (b_ih + b_hh)
+    projected = F.layer_norm(_project(x, w_ih, None), (w_ih.shape[1],))  # (dirs, N, 4H), normalised
+    shift = ln_ih_bias + (b_ih + b_hh) if has_biases else ln_ih_bias  # (dirs, 4H)
+    xg = torch.addcmul(shift[:, None], projected, ln_ih_weight[:, None])  # LN_ih(x W_ih^T) + b_ih + b_hh
     return _recurrence.packed_layernorm_lstm(xg, packing, *state, w_hh, *ln_rest)
 
 
 _RECURRENCES = {"LSTM": (_lstm, 4), "GRU": (_gru, 3), "LayerNormLSTM": (_layernorm_lstm, 4)}
 
 
-def _zero_state(mode: str, x: torch.Tensor, w_hh: torch.Tensor, B: int) -> tuple[torch.Tensor, ...]:
-    """``(h0,)`` (B, H_out) for a GRU, ``(h0, c0)`` with c0 (B, H) for the LSTM kinds."""
+def _zero_state(mode: str, x: torch.Tensor, w_hh: torch.Tensor, dirs: int, B: int) -> tuple[torch.Tensor, ...]:
+    """``(h0,)`` (dirs, B, H_out) for a GRU, ``(h0, c0)`` with c0 (dirs, B, H) for the LSTM kinds."""
     num_gates = _RECURRENCES[mode][1]
     H, H_out = w_hh.shape[0] // num_gates, w_hh.shape[1]  # w_hh: (G*H, H_out)
-    h0 = x.new_zeros(B, H_out)
-    return (h0,) if mode == "GRU" else (h0, x.new_zeros(B, H))
+    h0 = x.new_zeros(dirs, B, H_out)
+    return (h0,) if mode == "GRU" else (h0, x.new_zeros(dirs, B, H))
 
 
 def run_layer(mode, x, lengths, hx, weights, *, has_biases):
@@ -84,13 +94,10 @@ def run_packed(mode, x, packing, hx, weights, *, has_biases):
     and ``hx_n`` (dirs, B, ·) in batch order."""
     if mode not in _RECURRENCES:
         raise ValueError(f"mode must be one of {sorted(_RECURRENCES)}, got {mode!r}")
-    recurrence = _RECURRENCES[mode][0]
-    outputs, finals = [], []
-    for d, direction in enumerate(weights):
-        state = _zero_state(mode, x, direction[1], packing.B) if hx is None else tuple(s[d] for s in hx)
-        x_d = x if d == 0 else packing.reverse(x)  # the reverse direction reads each sequence backwards
-        out, *final = recurrence(x_d, packing, state, direction, has_biases)  # out (N, H_out)
-        outputs.append(out if d == 0 else packing.reverse(out))
-        finals.append(final)
-    output = torch.cat(outputs, -1)  # (N, dirs * H_out)
-    return output, tuple(torch.stack(states) for states in zip(*finals))  # each (dirs, B, ·)
+    recurrence, dirs = _RECURRENCES[mode][0], len(weights)
+    state = _zero_state(mode, x, weights[0][1], dirs, packing.B) if hx is None else hx
+    # The reverse direction reads each sequence backwards from its own last element.
+    x = x.unsqueeze(0) if dirs == 1 else torch.stack([x, packing.reverse(x)])  # (dirs, N, D)
+    out, *finals = recurrence(x, packing, state, weights, has_biases)  # out (dirs, N, H_out)
+    output = out[0] if dirs == 1 else torch.cat([out[0], packing.reverse(out[1])], -1)  # (N, dirs * H_out)
+    return output, tuple(finals)  # each (dirs, B, ·)

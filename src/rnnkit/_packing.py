@@ -68,9 +68,9 @@ class Packing:
         return y.index_select(0, self._flip)
 
     def sort(self, state: torch.Tensor) -> torch.Tensor:
-        """(B, *) state in batch order -> sorted order."""
-        return state if self.order is None else state.index_select(0, self.order)
+        """(dirs, B, *) state in batch order -> sorted order."""
+        return state if self.order is None else state.index_select(1, self.order)
 
     def unsort(self, state: torch.Tensor) -> torch.Tensor:
-        """(B, *) state in sorted order -> batch order."""
-        return state if self.order is None else state.index_select(0, self.inverse)
+        """(dirs, B, *) state in sorted order -> batch order."""
+        return state if self.order is None else state.index_select(1, self.inverse)

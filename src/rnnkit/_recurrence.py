@@ -5,9 +5,15 @@ these functions run only the sequential part. Each sequence starts at t = 0 and 
 real steps: the output is 0 past each length and the final state is the one at each sequence's
 last real step (the initial state for length 0).
 
+Directions. Every tensor carries a leading direction dimension: ``xg`` (dirs, N, G), states
+(dirs, B, ·), weights (dirs, ·, ·). The two directions of a bidirectional layer have the same
+n_t at every step (the reverse direction runs each sequence backwards from its own end, so it
+too has the sequences longer than t at step t), which lets one loop step both of them with one
+batched matmul (``bmm``) and one set of elementwise kernels: per-step overhead is paid once.
+
 Packed order. The loops never touch padding. The sequences are sorted longest first and their real
 steps laid out time-major, as in torch's ``PackedSequence``: the n_t sequences still running at
-step t are the first n_t rows of the state and one contiguous block of n_t rows in every (N, ·)
+step t are the first n_t rows of the state and one contiguous block of n_t rows in every (dirs, N, ·)
 buffer, so each step's matmul and elementwise work shrink with n_t. That matters for ragged
 batches of short sequences (the speaker tracks of ``SpeakerHistoryFusion`` are mostly padding).
 :class:`rnnkit._packing.Packing` converts between the padded (T, B, ·) and the packed (N, ·) layouts; the
@@ -18,9 +24,9 @@ Why a hand-written backward: autograd would record ~15 nodes per step and replay
 kernels backwards. Here the forward stores the gate activations in (N, G) buffers; the backward
 walks back in time writing the gate gradients into one (N, G) buffer, in place and in cache,
 and then gets dW_hh (and dW_hr) from ONE matmul over all N rows. Per-step views of every buffer
-are made once by ``split`` so the loops spend their time in kernels, not in Python indexing.
+are made once by ``split`` along dim 1 so the loops spend their time in kernels, not in Python indexing.
 
-Letters: T time, S steps run (the longest length), B batch, N real steps in all (sum of lengths),
+Letters: dirs directions (1 or 2), T time, S steps run (the longest length), B batch, N real steps in all (sum of lengths),
 n = n_t sequences running at step t, H hidden, P output size (H or proj_size), G gates (4H or 3H).
 """
 
@@ -42,9 +48,9 @@ __all__ = [
 
 
 def _previous(state0: torch.Tensor, steps: tuple[torch.Tensor, ...], sizes: list[int]) -> list[torch.Tensor]:
-    """Per step t, the state its n_t rows start from: the first n_t rows of step t - 1's block
-    (the running sequences lead, being sorted longest first), of ``state0`` at t = 0."""
-    return [state0[:n] if t == 0 else steps[t - 1][:n] for t, n in enumerate(sizes)]
+    """Per step t, the (dirs, n_t, ·) state its rows start from: the first n_t rows of step t - 1's
+    block (the running sequences lead, being sorted longest first), of ``state0`` at t = 0."""
+    return [state0[:, :n] if t == 0 else steps[t - 1][:, :n] for t, n in enumerate(sizes)]
 
 
 def _take_final_(t: int, sizes: list[int], pairs) -> None:
@@ -52,7 +58,7 @@ def _take_final_(t: int, sizes: list[int], pairs) -> None:
     n, m = sizes[t], sizes[t + 1] if t + 1 < len(sizes) else 0
     if m < n:
         for final, step in pairs:
-            final[m:n] = step[m:n]
+            final[:, m:n] = step[:, m:n]
 
 
 def _start(state: torch.Tensor) -> torch.Tensor:
@@ -60,13 +66,18 @@ def _start(state: torch.Tensor) -> torch.Tensor:
     return state.clone(memory_format=torch.contiguous_format)
 
 
+def _steps(buf: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, ...]:
+    """The (dirs, n_t, ·) per-step views of a (dirs, N, ·) packed buffer."""
+    return buf.split(sizes, 1)
+
+
 class _LSTMGates:
-    """Per-step views of an (N, 4H) buffer laid out [i, f, g, o]: ``all[t]``, ``i_f[t]``, ``i[t]``..."""
+    """Per-step views of a (dirs, N, 4H) buffer laid out [i, f, g, o]: ``all[t]``, ``i_f[t]``, ``i[t]``..."""
 
     def __init__(self, buf: torch.Tensor, sizes: list[int]):
         H = buf.shape[-1] // 4
-        self.all, self.i_f = buf.split(sizes), buf[:, : 2 * H].split(sizes)
-        self.i, self.f, self.g, self.o = (x.split(sizes) for x in buf.chunk(4, -1))
+        self.all, self.i_f = _steps(buf, sizes), _steps(buf[..., : 2 * H], sizes)
+        self.i, self.f, self.g, self.o = (_steps(x, sizes) for x in buf.chunk(4, -1))
 
 
 def _lstm_cell_(a: _LSTMGates, t: int, c_prev: torch.Tensor, c: torch.Tensor) -> None:
@@ -98,24 +109,24 @@ def _cell_grad_(a: _LSTMGates, d: _LSTMGates, t: int, dc, c_prev, tmp) -> None:
 class _LSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xg, sizes, h0, c0, w_hh, w_hr):
-        N, G = xg.shape
-        H, P = G // 4, h0.shape[1]
-        A = xg.new_empty(N, G)  # activated gates i, f, g, o
-        h_all = xg.new_empty(N, P)  # state after each step: the output
-        c_all = xg.new_empty(N, H)
-        tc_all = xg.new_empty(N, H)  # tanh(c)
-        m_all = xg.new_empty(N, H) if w_hr is not None else h_all  # o * tanh(c), before projection
+        dirs, N, G = xg.shape
+        H, P = G // 4, h0.shape[-1]
+        A = xg.new_empty(dirs, N, G)  # activated gates i, f, g, o
+        h_all = xg.new_empty(dirs, N, P)  # state after each step: the output
+        c_all = xg.new_empty(dirs, N, H)
+        tc_all = xg.new_empty(dirs, N, H)  # tanh(c)
+        m_all = xg.new_empty(dirs, N, H) if w_hr is not None else h_all  # o * tanh(c), before projection
         h_n, c_n = _start(h0), _start(c0)
-        a, xs = _LSTMGates(A, sizes), xg.split(sizes)
-        h, c, tc, m = (x.split(sizes) for x in (h_all, c_all, tc_all, m_all))
+        a, xs = _LSTMGates(A, sizes), _steps(xg, sizes)
+        h, c, tc, m = (_steps(x, sizes) for x in (h_all, c_all, tc_all, m_all))
         h_prev, c_prev = _previous(h0, h, sizes), _previous(c0, c, sizes)
-        w_hh_t = w_hh.t()
+        w_hh_t = w_hh.transpose(1, 2)  # (dirs, P, G)
         for t in range(len(sizes)):
-            torch.addmm(xs[t], h_prev[t], w_hh_t, out=a.all[t])
+            torch.baddbmm(xs[t], h_prev[t], w_hh_t, out=a.all[t])
             _lstm_cell_(a, t, c_prev[t], c[t])
             torch.mul(a.o[t], torch.tanh(c[t], out=tc[t]), out=m[t])
             if w_hr is not None:
-                torch.mm(m[t], w_hr.t(), out=h[t])
+                torch.bmm(m[t], w_hr.transpose(1, 2), out=h[t])
             _take_final_(t, sizes, ((h_n, h[t]), (c_n, c[t])))
         ctx.sizes = sizes
         ctx.save_for_backward(h0, c0, w_hh, w_hr, A, h_all, c_all, tc_all, m_all)
@@ -129,46 +140,46 @@ class _LSTM(torch.autograd.Function):
         dxg = torch.empty_like(A)  # = gradient of the gate pre-activations
         dh_all = torch.empty_like(h_all)  # dLoss/dh of every step
         a, d = _LSTMGates(A, sizes), _LSTMGates(dxg, sizes)
-        c_prev, tc = _previous(c0, c_all.split(sizes), sizes), tc_all.split(sizes)
-        dh_step, d_o = dh_all.split(sizes), d_out.split(sizes)
-        # dh, dc (B, ·): rows < n_t the gradient reaching step t from t + 1, the rest still the
+        c_prev, tc = _previous(c0, _steps(c_all, sizes), sizes), _steps(tc_all, sizes)
+        dh_step, d_o = _steps(dh_all, sizes), _steps(d_out, sizes)
+        # dh, dc (dirs, B, ·): rows < n_t the gradient reaching step t from t + 1, the rest still the
         # final-state gradient (those sequences end at or before t).
         dh, dc = _start(d_h_n), _start(d_c_n)
         du, tmp, dm = (A.new_empty(dc.shape) for _ in range(3))
         for t in reversed(range(len(sizes))):
             n = sizes[t]
-            dh_t = torch.add(dh[:n], d_o[t], out=dh_step[t])
+            dh_t = torch.add(dh[:, :n], d_o[t], out=dh_step[t])
             if w_hr is not None:
-                dh_t = torch.mm(dh_t, w_hr, out=dm[:n])
-            _output_gate_grad_(a, d, t, dh_t, tc[t], du[:n])
-            _cell_grad_(a, d, t, dc[:n].add_(du[:n]), c_prev[t], tmp[:n])
+                dh_t = torch.bmm(dh_t, w_hr, out=dm[:, :n])
+            _output_gate_grad_(a, d, t, dh_t, tc[t], du[:, :n])
+            _cell_grad_(a, d, t, dc[:, :n].add_(du[:, :n]), c_prev[t], tmp[:, :n])
             if t > 0 or want_h0:
-                torch.mm(d.all[t], w_hh, out=dh[:n])
-        h_prev = torch.cat([h0[:0], *_previous(h0, h_all.split(sizes), sizes)])  # (N, P)
-        d_w_hh = dxg.t() @ h_prev  # (4H, P)
-        d_w_hr = dh_all.t() @ m_all if w_hr is not None else None  # (P, H)
+                torch.bmm(d.all[t], w_hh, out=dh[:, :n])
+        h_prev = torch.cat([h0[:, :0], *_previous(h0, _steps(h_all, sizes), sizes)], 1)  # (dirs, N, P)
+        d_w_hh = dxg.transpose(1, 2) @ h_prev  # (dirs, 4H, P)
+        d_w_hr = dh_all.transpose(1, 2) @ m_all if w_hr is not None else None  # (dirs, P, H)
         return dxg, None, dh if want_h0 else None, dc, d_w_hh, d_w_hr
 
 
 class _GRU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xg, sizes, h0, w_hh, b_hh):
-        N, G = xg.shape
+        dirs, N, G = xg.shape
         H = G // 3
-        A = xg.new_empty(N, G)  # activated gates r, z, n
-        HG = xg.new_empty(N, G)  # h W_hh^T + b_hh
-        h_all = xg.new_empty(N, H)
+        A = xg.new_empty(dirs, N, G)  # activated gates r, z, n
+        HG = xg.new_empty(dirs, N, G)  # h W_hh^T + b_hh
+        h_all = xg.new_empty(dirs, N, H)
         h_n = _start(h0)
-        rz, (r, z, n) = A[:, : 2 * H].split(sizes), (x.split(sizes) for x in A.chunk(3, -1))
-        x_rz, x_n = xg[:, : 2 * H].split(sizes), xg[:, 2 * H :].split(sizes)
-        hg, hg_rz, hg_n = HG.split(sizes), HG[:, : 2 * H].split(sizes), HG[:, 2 * H :].split(sizes)
-        h = h_all.split(sizes)
-        h_prev, w_hh_t = _previous(h0, h, sizes), w_hh.t()
+        rz, (r, z, n) = _steps(A[..., : 2 * H], sizes), (_steps(x, sizes) for x in A.chunk(3, -1))
+        x_rz, x_n = _steps(xg[..., : 2 * H], sizes), _steps(xg[..., 2 * H :], sizes)
+        hg, hg_rz, hg_n = (_steps(x, sizes) for x in (HG, HG[..., : 2 * H], HG[..., 2 * H :]))
+        h = _steps(h_all, sizes)
+        h_prev, w_hh_t = _previous(h0, h, sizes), w_hh.transpose(1, 2)  # w_hh_t (dirs, H, G)
         for t in range(len(sizes)):
             if b_hh is None:
-                torch.mm(h_prev[t], w_hh_t, out=hg[t])
+                torch.bmm(h_prev[t], w_hh_t, out=hg[t])
             else:
-                torch.addmm(b_hh, h_prev[t], w_hh_t, out=hg[t])
+                torch.baddbmm(b_hh[:, None], h_prev[t], w_hh_t, out=hg[t])
             torch.add(x_rz[t], hg_rz[t], out=rz[t]).sigmoid_()
             torch.addcmul(x_n[t], r[t], hg_n[t], out=n[t]).tanh_()
             torch.sub(h_prev[t], n[t], out=h[t]).mul_(z[t]).add_(n[t])  # h = (1 - z) * n + z * h_prev
@@ -182,79 +193,82 @@ class _GRU(torch.autograd.Function):
     def backward(ctx, d_out, d_h_n):
         h0, w_hh, b_hh, A, HG, h_all = ctx.saved_tensors
         sizes, want_h0 = ctx.sizes, ctx.needs_input_grad[2]
-        H = A.shape[1] // 3
+        H = A.shape[-1] // 3
         dxg = torch.empty_like(A)
         dHG = torch.empty_like(A)  # gradient of h W_hh^T + b_hh
-        r, z, n = (x.split(sizes) for x in A.chunk(3, -1))
-        d_r, d_z, d_hn = (x.split(sizes) for x in dHG.chunk(3, -1))
-        d_n = dxg[:, 2 * H :].split(sizes)  # gradient of n's pre-activation
-        h_prev, hg_n, dhg = _previous(h0, h_all.split(sizes), sizes), HG[:, 2 * H :].split(sizes), dHG.split(sizes)
-        d_o = d_out.split(sizes)
-        dh = _start(d_h_n)  # rows < n_t: gradient from step t + 1; the rest: final-state gradient
+        r, z, n = (_steps(x, sizes) for x in A.chunk(3, -1))
+        d_r, d_z, d_hn = (_steps(x, sizes) for x in dHG.chunk(3, -1))
+        d_n = _steps(dxg[..., 2 * H :], sizes)  # gradient of n's pre-activation
+        h_prev, hg_n = _previous(h0, _steps(h_all, sizes), sizes), _steps(HG[..., 2 * H :], sizes)
+        dhg, d_o = _steps(dHG, sizes), _steps(d_out, sizes)
+        dh = _start(d_h_n)  # (dirs, B, H) rows < n_t: gradient from step t + 1; the rest: final-state gradient
         through_z, tmp = A.new_empty(dh.shape), A.new_empty(dh.shape)
         for t in reversed(range(len(sizes))):
             k = sizes[t]
-            dh_t = dh[:k].add_(d_o[t])
-            torch.mul(dh_t, z[t], out=through_z[:k])  # through h = ... + z * h_prev
-            torch.sub(dh_t, through_z[:k], out=d_n[t])
-            d_n[t].addcmul_(d_n[t], torch.mul(n[t], n[t], out=tmp[:k]), value=-1)  # dh * (1 - z) * (1 - n^2)
+            dh_t = dh[:, :k].add_(d_o[t])
+            torch.mul(dh_t, z[t], out=through_z[:, :k])  # through h = ... + z * h_prev
+            torch.sub(dh_t, through_z[:, :k], out=d_n[t])
+            d_n[t].addcmul_(d_n[t], torch.mul(n[t], n[t], out=tmp[:, :k]), value=-1)  # dh * (1 - z) * (1 - n^2)
             torch.mul(d_n[t], r[t], out=d_hn[t])
             torch.mul(d_n[t], hg_n[t], out=d_r[t]).mul_(r[t])
             d_r[t].addcmul_(d_r[t], r[t], value=-1)  # d_n * hn * r * (1 - r)
             torch.sub(h_prev[t], n[t], out=d_z[t]).mul_(dh_t).mul_(z[t])
             d_z[t].addcmul_(d_z[t], z[t], value=-1)  # dh * (h_prev - n) * z * (1 - z)
             if t > 0 or want_h0:
-                torch.addmm(through_z[:k], dhg[t], w_hh, out=dh[:k])
-        dxg[:, : 2 * H] = dHG[:, : 2 * H]
-        d_w_hh = dHG.t() @ torch.cat([h0[:0], *h_prev])  # (3H, H)
-        d_b_hh = dHG.sum(0) if b_hh is not None else None
+                torch.baddbmm(through_z[:, :k], dhg[t], w_hh, out=dh[:, :k])
+        dxg[..., : 2 * H] = dHG[..., : 2 * H]
+        d_w_hh = dHG.transpose(1, 2) @ torch.cat([h0[:, :0], *h_prev], 1)  # (dirs, 3H, H)
+        d_b_hh = dHG.sum(1) if b_hh is not None else None
         return dxg, None, dh if want_h0 else None, d_w_hh, d_b_hh
 
 
 def _layer_norm_grad_(dy, weight, neg_weight_mean, rstd, xhat, out, dy_xhat, s1, s2):
-    """dLoss/dx of y = xhat * weight + bias, xhat = (x - mean) * rstd, for rows of (B, N), into out.
+    """dLoss/dx of y = xhat * weight + bias, xhat = (x - mean) * rstd, for rows of (dirs, n, K), into out.
 
     dx = rstd * (dy w - mean(dy w) - xhat * mean(dy w xhat)); the row means are matmuls with
-    ``neg_weight_mean`` = -w / N (N, 1). Also leaves dy * xhat in ``dy_xhat``, the summand of dLoss/dw.
+    ``neg_weight_mean`` = -w / K (dirs, K, 1); ``weight`` is (dirs, 1, K). Also leaves dy * xhat in
+    ``dy_xhat``, the summand of dLoss/dw.
     """
-    torch.mm(dy, neg_weight_mean, out=s1)  # (B, 1)
-    torch.mm(torch.mul(dy, xhat, out=dy_xhat), neg_weight_mean, out=s2)  # (B, 1)
+    torch.bmm(dy, neg_weight_mean, out=s1)  # (dirs, n, 1)
+    torch.bmm(torch.mul(dy, xhat, out=dy_xhat), neg_weight_mean, out=s2)  # (dirs, n, 1)
     return torch.addcmul(s1, dy, weight, out=out).addcmul_(xhat, s2).mul_(rstd)
 
 
 class _LayerNormLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xg, sizes, h0, c0, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, eps):
-        N, G = xg.shape
+        dirs, N, G = xg.shape
         H = G // 4
-        A = xg.new_empty(N, G)  # activated gates i, f, g, o
-        xhat_hh_all = xg.new_empty(N, G)  # LN_hh's normalised input
-        xhat_c_all = xg.new_empty(N, H)
-        rstd_hh, rstd_c = [xg.new_empty(0, 1)], [xg.new_empty(0, 1)]  # 1/std of LN_hh, LN_c: (n, 1) per step
-        h_all = xg.new_empty(N, H)
-        c_all = xg.new_empty(N, H)
-        tc_all = xg.new_empty(N, H)  # tanh(LN_c(c))
+        A = xg.new_empty(dirs, N, G)  # activated gates i, f, g, o
+        xhat_hh_all = xg.new_empty(dirs, N, G)  # LN_hh's normalised input
+        xhat_c_all = xg.new_empty(dirs, N, H)
+        # 1/std of LN_hh, LN_c: (dirs, n, 1) per step
+        rstd_hh, rstd_c = [xg.new_empty(dirs, 0, 1)], [xg.new_empty(dirs, 0, 1)]
+        h_all = xg.new_empty(dirs, N, H)
+        c_all = xg.new_empty(dirs, N, H)
+        tc_all = xg.new_empty(dirs, N, H)  # tanh(LN_c(c))
         h_n, c_n = _start(h0), _start(c0)
-        a, xs, WH = _LSTMGates(A, sizes), xg.split(sizes), xg.new_empty(h0.shape[0], G)
-        h, c, tc, xhat_hh, xhat_c = (x.split(sizes) for x in (h_all, c_all, tc_all, xhat_hh_all, xhat_c_all))
+        a, xs, WH = _LSTMGates(A, sizes), _steps(xg, sizes), xg.new_empty(dirs, h0.shape[1], G)
+        h, c, tc, xhat_hh, xhat_c = (_steps(x, sizes) for x in (h_all, c_all, tc_all, xhat_hh_all, xhat_c_all))
         h_prev, c_prev = _previous(h0, h, sizes), _previous(c0, c, sizes)
-        w_hh_t = w_hh.t()
+        w_hh_t = w_hh.transpose(1, 2)  # (dirs, H, G)
+        ln_hh_w, ln_hh_b, ln_c_w, ln_c_b = (w[:, None] for w in (ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias))
         for t, n in enumerate(sizes):
-            xhat, _, rstd = torch.native_layer_norm(torch.mm(h_prev[t], w_hh_t, out=WH[:n]), [G], None, None, eps)
+            xhat, _, rstd = torch.native_layer_norm(torch.bmm(h_prev[t], w_hh_t, out=WH[:, :n]), [G], None, None, eps)
             xhat_hh[t].copy_(xhat)
             rstd_hh.append(rstd)
-            torch.addcmul(xs[t], xhat, ln_hh_weight, out=a.all[t]).add_(ln_hh_bias)  # xg + LN_hh(h W_hh^T)
+            torch.addcmul(xs[t], xhat, ln_hh_w, out=a.all[t]).add_(ln_hh_b)  # xg + LN_hh(h W_hh^T)
             _lstm_cell_(a, t, c_prev[t], c[t])
             xhat, _, rstd = torch.native_layer_norm(c[t], [H], None, None, eps)
             xhat_c[t].copy_(xhat)
             rstd_c.append(rstd)
-            torch.addcmul(ln_c_bias, xhat, ln_c_weight, out=tc[t]).tanh_()
+            torch.addcmul(ln_c_b, xhat, ln_c_w, out=tc[t]).tanh_()
             torch.mul(a.o[t], tc[t], out=h[t])
             _take_final_(t, sizes, ((h_n, h[t]), (c_n, c[t])))
         ctx.sizes = sizes
         ctx.save_for_backward(
-            h0, c0, w_hh, ln_hh_weight, ln_c_weight, A, xhat_hh_all, xhat_c_all, torch.cat(rstd_hh),
-            torch.cat(rstd_c), h_all, c_all, tc_all,
+            h0, c0, w_hh, ln_hh_weight, ln_c_weight, A, xhat_hh_all, xhat_c_all, torch.cat(rstd_hh, 1),
+            torch.cat(rstd_c, 1), h_all, c_all, tc_all,
         )
         return h_all, h_n, c_n
 
@@ -264,51 +278,56 @@ class _LayerNormLSTM(torch.autograd.Function):
         (h0, c0, w_hh, ln_hh_w, ln_c_w, A, xhat_hh_all, xhat_c_all, rstd_hh_all, rstd_c_all, h_all, c_all,
          tc_all) = ctx.saved_tensors
         sizes, want_h0 = ctx.sizes, ctx.needs_input_grad[2]
-        G = A.shape[1]
+        G = A.shape[-1]
         H = G // 4
         dxg = torch.empty_like(A)  # = gradient of the gates = of LN_hh's output
         dWH_all = torch.empty_like(A)  # gradient of h W_hh^T
         dY_c_all = torch.empty_like(c_all)  # gradient of LN_c's output
         dYX_hh, dYX_c = torch.empty_like(dWH_all), torch.empty_like(dY_c_all)  # dY * xhat, summed for dLoss/dw
         a, d = _LSTMGates(A, sizes), _LSTMGates(dxg, sizes)
-        c_prev, d_o = _previous(c0, c_all.split(sizes), sizes), d_out.split(sizes)
-        tc, dWH, dY_c = (x.split(sizes) for x in (tc_all, dWH_all, dY_c_all))
-        xhat_hh, xhat_c, dyx_hh, dyx_c = (x.split(sizes) for x in (xhat_hh_all, xhat_c_all, dYX_hh, dYX_c))
-        rstd_hh, rstd_c = rstd_hh_all.split(sizes), rstd_c_all.split(sizes)
-        neg_mean_hh, neg_mean_c = -ln_hh_w[:, None] / G, -ln_c_w[:, None] / H  # (N, 1)
+        c_prev, d_o = _previous(c0, _steps(c_all, sizes), sizes), _steps(d_out, sizes)
+        tc, dWH, dY_c = (_steps(x, sizes) for x in (tc_all, dWH_all, dY_c_all))
+        xhat_hh, xhat_c, dyx_hh, dyx_c = (_steps(x, sizes) for x in (xhat_hh_all, xhat_c_all, dYX_hh, dYX_c))
+        rstd_hh, rstd_c = _steps(rstd_hh_all, sizes), _steps(rstd_c_all, sizes)
+        neg_mean_hh, neg_mean_c = -ln_hh_w[..., None] / G, -ln_c_w[..., None] / H  # (dirs, G, 1), (dirs, H, 1)
+        w_hh_ln, w_c_ln = ln_hh_w[:, None], ln_c_w[:, None]  # (dirs, 1, G), (dirs, 1, H)
         dh, dc = _start(d_h_n), _start(d_c_n)  # as in _LSTM.backward
         tmp, dc_ln = A.new_empty(dc.shape), A.new_empty(dc.shape)
-        s1, s2 = A.new_empty(dc.shape[0], 1), A.new_empty(dc.shape[0], 1)
+        s1, s2 = A.new_empty(*dc.shape[:2], 1), A.new_empty(*dc.shape[:2], 1)
         for t in reversed(range(len(sizes))):
             n = sizes[t]
-            dh_t = dh[:n].add_(d_o[t])
+            dh_t = dh[:, :n].add_(d_o[t])
             _output_gate_grad_(a, d, t, dh_t, tc[t], dY_c[t])
-            _layer_norm_grad_(dY_c[t], ln_c_w, neg_mean_c, rstd_c[t], xhat_c[t], dc_ln[:n], dyx_c[t], s1[:n], s2[:n])
-            _cell_grad_(a, d, t, dc[:n].add_(dc_ln[:n]), c_prev[t], tmp[:n])
-            _layer_norm_grad_(d.all[t], ln_hh_w, neg_mean_hh, rstd_hh[t], xhat_hh[t], dWH[t], dyx_hh[t], s1[:n],
-                              s2[:n])
+            _layer_norm_grad_(dY_c[t], w_c_ln, neg_mean_c, rstd_c[t], xhat_c[t], dc_ln[:, :n], dyx_c[t], s1[:, :n],
+                              s2[:, :n])
+            _cell_grad_(a, d, t, dc[:, :n].add_(dc_ln[:, :n]), c_prev[t], tmp[:, :n])
+            _layer_norm_grad_(d.all[t], w_hh_ln, neg_mean_hh, rstd_hh[t], xhat_hh[t], dWH[t], dyx_hh[t], s1[:, :n],
+                              s2[:, :n])
             if t > 0 or want_h0:
-                torch.mm(dWH[t], w_hh, out=dh[:n])
-        d_w_hh = dWH_all.t() @ torch.cat([h0[:0], *_previous(h0, h_all.split(sizes), sizes)])  # (4H, H)
-        d_ln_hh = dYX_hh.sum(0), dxg.sum(0)
-        d_ln_c = dYX_c.sum(0), dY_c_all.sum(0)
+                torch.bmm(dWH[t], w_hh, out=dh[:, :n])
+        h_prev = torch.cat([h0[:, :0], *_previous(h0, _steps(h_all, sizes), sizes)], 1)  # (dirs, N, H)
+        d_w_hh = dWH_all.transpose(1, 2) @ h_prev  # (dirs, 4H, H)
+        d_ln_hh = dYX_hh.sum(1), dxg.sum(1)
+        d_ln_c = dYX_c.sum(1), dY_c_all.sum(1)
         return dxg, None, dh if want_h0 else None, dc, d_w_hh, *d_ln_hh, *d_ln_c, None
 
 
 def packed_lstm(xg, packing, h0, c0, w_hh, w_hr=None):
-    """LSTM loop over packed ``xg`` (N, 4H) = x W_ih^T + b_ih + b_hh, gates i, f, g, o, in the order of
-    ``packing``; h0 (B, P), c0 (B, H) in batch order. Returns out (N, P) packed, h_n (B, P), c_n (B, H);
-    with ``w_hr`` (P, H), h = (o * tanh(c)) W_hr^T.
+    """LSTM loop over packed ``xg`` (dirs, N, 4H) = x W_ih^T + b_ih + b_hh, gates i, f, g, o, in the order
+    of ``packing``; h0 (dirs, B, P), c0 (dirs, B, H) in batch order, w_hh (dirs, 4H, P). Returns out
+    (dirs, N, P) packed, h_n (dirs, B, P), c_n (dirs, B, H); with ``w_hr`` (dirs, P, H),
+    h = (o * tanh(c)) W_hr^T.
     """
     out, h_n, c_n = _LSTM.apply(xg, packing.batch_sizes, packing.sort(h0), packing.sort(c0), w_hh, w_hr)
     return out, packing.unsort(h_n), packing.unsort(c_n)
 
 
 def packed_gru(xg, packing, h0, w_hh, b_hh=None):
-    """GRU loop over packed ``xg`` (N, 3H) = x W_ih^T + b_ih, gates r, z, n; h0 (B, H) in batch order.
+    """GRU loop over packed ``xg`` (dirs, N, 3H) = x W_ih^T + b_ih, gates r, z, n; h0 (dirs, B, H) in batch
+    order, w_hh (dirs, 3H, H), b_hh (dirs, 3H).
 
     n = tanh(xg_n + r * (h W_hn^T + b_hn)), h = (1 - z) * n + z * h_prev (torch's convention).
-    Returns out (N, H) packed, h_n (B, H).
+    Returns out (dirs, N, H) packed, h_n (dirs, B, H).
     """
     out, h_n = _GRU.apply(xg, packing.batch_sizes, packing.sort(h0), w_hh, b_hh)
     return out, packing.unsort(h_n)
@@ -316,8 +335,9 @@ def packed_gru(xg, packing, h0, w_hh, b_hh=None):
 
 def packed_layernorm_lstm(xg, packing, h0, c0, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, eps=1e-5):
     """LayerNorm-LSTM loop (Ba et al. 2016, "Layer Normalization", sec. 3.1, eq. 20-22) over packed
-    ``xg`` (N, 4H) = LN_ih(x W_ih^T) + b_ih + b_hh; gates = xg + LN_hh(h W_hh^T);
-    c = f * c_prev + i * g; h = o * tanh(LN_c(c)). Returns out (N, H) packed, h_n (B, H), c_n (B, H).
+    ``xg`` (dirs, N, 4H) = LN_ih(x W_ih^T) + b_ih + b_hh; gates = xg + LN_hh(h W_hh^T);
+    c = f * c_prev + i * g; h = o * tanh(LN_c(c)). The layer-norm gains and shifts are (dirs, 4H) and
+    (dirs, H). Returns out (dirs, N, H) packed, h_n (dirs, B, H), c_n (dirs, B, H).
     """
     out, h_n, c_n = _LayerNormLSTM.apply(xg, packing.batch_sizes, packing.sort(h0), packing.sort(c0), w_hh,
                                          ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, eps)
@@ -325,23 +345,26 @@ def packed_layernorm_lstm(xg, packing, h0, c0, w_hh, ln_hh_weight, ln_hh_bias, l
 
 
 def _padded(packed, xg, lengths, *args):
-    """Run the ``packed`` loop on padded ``xg`` (T, B, G): pack, run, unpack the output to (T, B, ·)."""
+    """Run the ``packed`` loop on one direction of padded ``xg`` (T, B, G): every tensor argument gets a
+    direction dimension of 1, the output is unpacked to (T, B, ·) and the final states are (B, ·)."""
     T, B = xg.shape[:2]
     packing = Packing(None if lengths is None else lengths.to(xg.device), T, B)
-    out, *finals = packed(packing.pack(xg), packing, *args)
-    return (packing.unpack(out), *finals)
+    args = [a.unsqueeze(0) if isinstance(a, torch.Tensor) else a for a in args]
+    out, *finals = packed(packing.pack(xg).unsqueeze(0), packing, *args)
+    return (packing.unpack(out[0]), *(f[0] for f in finals))
 
 
 def lstm_recurrence(xg, lengths, h0, c0, w_hh, w_hr=None):
-    """LSTM loop. xg (T, B, 4H) = x W_ih^T + b_ih + b_hh, gates i, f, g, o; h0 (B, P), c0 (B, H).
-
-    Returns out (T, B, P), h_n (B, P), c_n (B, H); with ``w_hr`` (P, H), h = (o * tanh(c)) W_hr^T.
+    """LSTM loop over one direction. xg (T, B, 4H) = x W_ih^T + b_ih + b_hh, gates i, f, g, o;
+    h0 (B, P), c0 (B, H). Returns out (T, B, P), h_n (B, P), c_n (B, H); with ``w_hr`` (P, H),
+    h = (o * tanh(c)) W_hr^T.
     """
     return _padded(packed_lstm, xg, lengths, h0, c0, w_hh, w_hr)
 
 
 def gru_recurrence(xg, lengths, h0, w_hh, b_hh=None):
-    """GRU loop. xg (T, B, 3H) = x W_ih^T + b_ih, gates r, z, n; returns out (T, B, H), h_n (B, H).
+    """GRU loop over one direction. xg (T, B, 3H) = x W_ih^T + b_ih, gates r, z, n; returns out (T, B, H),
+    h_n (B, H).
 
     n = tanh(xg_n + r * (h W_hn^T + b_hn)), h = (1 - z) * n + z * h_prev (torch's convention).
     """
@@ -351,7 +374,7 @@ def gru_recurrence(xg, lengths, h0, w_hh, b_hh=None):
 def layernorm_lstm_recurrence(
     xg, lengths, h0, c0, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, eps=1e-5
 ):
-    """LayerNorm-LSTM loop (Ba et al. 2016, "Layer Normalization", sec. 3.1, eq. 20-22).
+    """LayerNorm-LSTM loop over one direction (Ba et al. 2016, "Layer Normalization", sec. 3.1, eq. 20-22).
 
     xg (T, B, 4H) = LN_ih(x W_ih^T) + b_ih + b_hh; gates = xg + LN_hh(h W_hh^T);
     c = f * c_prev + i * g; h = o * tanh(LN_c(c)). Returns out (T, B, H), h_n (B, H), c_n (B, H).
