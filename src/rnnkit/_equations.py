@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from . import _recurrence
-from ._packing import Packing
 
-__all__ = ["run_layer", "run_packed"]
+__all__ = ["run_packed"]
 
 
 def _stacked(weights: list[list[torch.Tensor]], has_biases: bool):
@@ -73,25 +72,16 @@ def _zero_state(mode: str, x: torch.Tensor, w_hh: torch.Tensor, dirs: int, B: in
     return (h0,) if mode == "GRU" else (h0, x.new_zeros(dirs, B, H))
 
 
-def run_layer(mode, x, lengths, hx, weights, *, has_biases):
-    """Run one layer of ``mode`` ("LSTM", "GRU" or "LayerNormLSTM") over ``x`` (T, B, D).
+def run_packed(mode, x, packing, hx, weights, *, has_biases):
+    """Run one layer of ``mode`` ("LSTM", "GRU" or "LayerNormLSTM") over the real steps ``x`` (N, D), in
+    the packed order of ``packing`` (a :class:`rnnkit._packing.Packing`).
 
     ``weights`` holds one list per direction in torch's order ``[w_ih, w_hh, b_ih, b_hh, w_hr]``
     (the LayerNorm-LSTM appends its six layer-norm gains and shifts); ``hx`` is None (zero
-    state) or ``(h0,)`` / ``(h0, c0)`` shaped (dirs, B, ·); ``lengths`` (B,) int64 on
-    ``x.device``, or None when every sequence is T steps long. Returns ``output``
-    (T, B, dirs * H_out), exactly 0 past each length, and ``hx_n`` like ``hx`` with the states
-    at each sequence's last real step (the initial state for length 0).
+    state) or ``(h0,)`` / ``(h0, c0)`` shaped (dirs, B, ·) in batch order. Returns ``output``
+    (N, dirs * H_out) in packed order and ``hx_n`` like ``hx`` with the states at each sequence's
+    last real step (the initial state for length 0).
     """
-    packing = Packing(lengths, x.shape[0], x.shape[1])
-    output, hx_n = run_packed(mode, packing.pack(x), packing, hx, weights, has_biases=has_biases)
-    return packing.unpack(output), hx_n  # (T, B, dirs * H_out)
-
-
-def run_packed(mode, x, packing, hx, weights, *, has_biases):
-    """:func:`run_layer` on the real steps only: ``x`` (N, D) in the packed order of ``packing``
-    (a :class:`rnnkit._packing.Packing`); returns ``output`` (N, dirs * H_out) in that order
-    and ``hx_n`` (dirs, B, ·) in batch order."""
     if mode not in _RECURRENCES:
         raise ValueError(f"mode must be one of {sorted(_RECURRENCES)}, got {mode!r}")
     recurrence, dirs = _RECURRENCES[mode][0], len(weights)

@@ -32,6 +32,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import _equations, _native
 from ._lengths import check_lengths, step_mask
+from ._packing import Packing
 from .cells import LSTMState
 
 __all__ = ["LSTM", "GRU", "LayerNormLSTM"]
@@ -164,19 +165,40 @@ class _RNNBase(nn.Module):
         return output, (hx_n[0] if self.mode == "GRU" else LSTMState(*hx_n))
 
     def _run(self, x, lengths, hx):
-        """All layers over time-major ``x``; dropout between layers, never after the last."""
-        if self.backend == "native" and lengths is None:
+        """All layers over time-major ``x`` (T, B, D) -> (T, B, dirs * H_out), (L * dirs, B, ·)."""
+        if self.backend == "equations":
+            packing = Packing(lengths, x.shape[0], x.shape[1])  # packed once for all layers
+            output, hx_n = self._run_packed(packing.pack(x), packing, hx)
+            return packing.unpack(output), hx_n
+        if lengths is None:  # all full length: torch's fused multi-layer call
             flat_weights = [w for layer in range(self.num_layers) for ws in self._layer_weights(layer) for w in ws]
             return _native.run_stack(self.mode, x, hx, flat_weights, has_biases=self.bias,
                                      num_layers=self.num_layers, dropout=self.dropout, training=self.training,
                                      bidirectional=self.bidirectional)
-        run_layer = _native.run_layer if self.backend == "native" else _equations.run_layer
+        return self._stack(
+            lambda x, layer_hx, weights: _native.run_layer(self.mode, x, lengths, layer_hx, weights,
+                                                           has_biases=self.bias),
+            x, hx,
+        )
+
+    def _run_packed(self, x, packing, hx=None):
+        """All layers on the equations backend over ``x`` (N, D) in the packed order of ``packing``
+        (a :class:`rnnkit._packing.Packing`) -> (N, dirs * H_out) in that order, (L * dirs, B, ·)."""
+        return self._stack(
+            lambda x, layer_hx, weights: _equations.run_packed(self.mode, x, packing, layer_hx, weights,
+                                                               has_biases=self.bias),
+            x, hx,
+        )
+
+    def _stack(self, run_layer, x, hx):
+        """``run_layer(x, layer_hx, weights) -> (x, states)`` for each layer in turn, with dropout between
+        layers, never after the last (as in ``torch.nn.LSTM``); the final states concatenated."""
         dirs, finals = self.dirs, []
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout > 0:
                 x = F.dropout(x, self.dropout, self.training)
             layer_hx = None if hx is None else tuple(s[layer * dirs : (layer + 1) * dirs] for s in hx)
-            x, states = run_layer(self.mode, x, lengths, layer_hx, self._layer_weights(layer), has_biases=self.bias)
+            x, states = run_layer(x, layer_hx, self._layer_weights(layer))
             finals.append(states)
         return x, tuple(torch.cat(states) for states in zip(*finals))
 

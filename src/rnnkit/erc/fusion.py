@@ -20,9 +20,10 @@ Why the tracks are never padded: a batch of 32 MELD-like dialogues has ~140 trac
 turns but only ~2.5 turns per track on average, so a padded (K, T, D) batch is ~75% padding,
 and a fused kernel run over it (``backend="native"``) spends most of its time there. The
 utterances are instead put straight into packed order (tracks sorted by length, time-major, no
-padding row; :class:`rnnkit._packing.Packing`) and each layer runs the gate equations
-(:func:`rnnkit._equations.run_packed`): one input-projection matmul over the N real utterances,
-then per turn only the tracks that have that turn. On a CPU this is ~2.5x faster than the fused
+padding row; :class:`rnnkit._packing.Packing`) and each layer runs the gate equations (the
+``backend="equations"`` path of :class:`rnnkit.LSTM`, both directions at once): one
+input-projection matmul over the N real utterances, then per turn only the tracks that have that
+turn. On a CPU this is ~2.5x faster than the fused
 kernel on the padded tracks (see BENCHMARKS.md), so the LSTM is built with
 ``backend="equations"`` and its layers are run on the packed utterances directly.
 
@@ -33,10 +34,8 @@ Shapes: B dialogues, U utterances (padded), D utterance width, H hidden, K track
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from rnnkit._equations import run_packed
 from rnnkit._lengths import check_lengths
 from rnnkit._packing import Packing
 from rnnkit.layers import LSTM
@@ -104,22 +103,12 @@ class SpeakerHistoryFusion(nn.Module):
         x = utterances[real]  # (N, D), dialogue-major, utterance order within each dialogue
         packing = Packing(turns, T, num_tracks)
         row = packing.rows(rank, track)  # (N,) packed row of each utterance
-        history = self._layers(x[torch.argsort(row)], packing)[row]  # (N, dirs*H), back in utterance order
+        history = self.rnn._run_packed(x[torch.argsort(row)], packing)[0][row]  # (N, dirs*H), utterance order
         history = self.proj(history)  # (N, D)
 
         flat = real.view(-1).nonzero().squeeze(1)  # (N,) positions in the (B*U) grid
         fused = utterances.reshape(B * U, D).index_put((flat,), x + history)
         return fused.view(B, U, D)
-
-    def _layers(self, h: torch.Tensor, packing: Packing) -> torch.Tensor:
-        """``self.rnn``'s layers over packed tracks ``h`` (N, D), zero initial state -> (N, dirs*H).
-        Dropout between layers, never after the last, as in ``torch.nn.LSTM``."""
-        rnn = self.rnn
-        for layer in range(rnn.num_layers):
-            if layer > 0 and rnn.dropout > 0:
-                h = F.dropout(h, rnn.dropout, self.training)
-            h, _ = run_packed("LSTM", h, packing, None, rnn._layer_weights(layer), has_biases=rnn.bias)
-        return h
 
     def _check(self, utterances: torch.Tensor, speakers: torch.Tensor) -> None:
         if not isinstance(utterances, torch.Tensor) or utterances.dim() != 3:
