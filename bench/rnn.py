@@ -1,6 +1,6 @@
 """Speed of rnnkit's recurrent layers against torch's, measured side by side in one run.
 
-    python bench/rnn.py [--repeats N] [--only backends]
+    python bench/rnn.py [--repeats N] [--only backends|directions]
 
 Runs on CPU in float32 with ``torch.set_num_threads(2)``. The layers compared in one table are
 timed round-robin (one call of each, N times over) after a warm-up call, and each is reported by
@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from rnnkit import LayerNormLSTMCell, _native
+from rnnkit import LayerNormLSTMCell, _equations, _native
+from rnnkit._packing import Packing
 from rnnkit.layers import LSTM, LayerNormLSTM
 
 THREADS = 2
@@ -290,18 +291,49 @@ def bench_backends(repeats):
               f"native / equations {seconds['native'] / seconds['equations']:.2f}")
 
 
+
+def bench_directions(repeats):
+    """The equations backend's bidirectional layer, both directions stepped in one loop (what it does)
+    against one loop per direction (the same recurrence called once per direction), forward + backward."""
+    print("\nBidirectional equations layer, forward + backward with lengths U[T/4,T] (U[1,T] for T=10): "
+          "one loop per direction / both directions in one loop")
+    for B, T, D, H, layers in ((16, 200, 128, 128, 1), (32, 50, 128, 128, 1), (64, 100, 256, 256, 2),
+                               (138, 10, 384, 192, 1)):
+        torch.manual_seed(0)
+        lstm = LSTM(D, H, num_layers=layers, bidirectional=True, backend="equations")
+        x = torch.randn(T, B, D, requires_grad=True)
+        lengths = torch.randint(1, T + 1, (B,)) if T <= 10 else random_lengths(B, T)
+
+        def one_loop_per_direction():
+            packing = Packing(lengths, T, B)
+            h = packing.pack(x)
+            for layer in range(layers):
+                forward, reverse = lstm._layer_weights(layer)
+                out, _ = _equations.run_packed("LSTM", h, packing, None, [forward], has_biases=True)
+                back, _ = _equations.run_packed("LSTM", packing.reverse(h), packing, None, [reverse], has_biases=True)
+                h = torch.cat([out, packing.reverse(back)], -1)
+            return packing.unpack(h)
+
+        torch.testing.assert_close(one_loop_per_direction(), lstm(x, lengths=lengths)[0], atol=1e-5, rtol=1e-5)
+        seconds = measure({"both": fwd_bwd(lstm, x, lengths=lengths),
+                           "each": lambda: one_loop_per_direction().sum().backward()}, repeats)
+        print(f"  B={B:3d} T={T:3d} D={D:3d} H={H:3d} layers={layers}  one loop per direction "
+              f"{seconds['each'] * 1e3:7.1f} ms  one loop {seconds['both'] * 1e3:7.1f} ms  "
+              f"ratio {seconds['each'] / seconds['both']:.2f}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per layer (default 7)")
-    parser.add_argument("--only", choices=["backends"], help="run only this table")
+    parser.add_argument("--only", choices=["backends", "directions"], help="run only this table")
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
     peak = gemm_peak()
     print(f"torch {torch.__version__}, {platform.machine()} {_cpu_name()}, {THREADS} threads, float32; "
           f"median of {args.repeats} round-robin calls")
     print(f"fp32 GEMM peak (2048x2048 torch.mm): {peak:.0f} GFLOP/s")
-    if args.only == "backends":
-        bench_backends(args.repeats)
+    if args.only:
+        {"backends": bench_backends, "directions": bench_directions}[args.only](args.repeats)
         return
     bench_bidirectional_lstm(args.repeats)
     bench_layernorm_lstm(args.repeats)
