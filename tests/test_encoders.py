@@ -141,6 +141,16 @@ def test_minilm_cache_is_read_back_without_running_the_model(minilm):
     assert len(calls) == 2  # the second batch_inputs hit the cache; only embed() ran the model
 
 
+def test_minilm_max_tokens_truncates_and_keys_the_cache(minilm):
+    """max_tokens=4 keeps [CLS], two word pieces and [SEP]: the vector of the first two words."""
+    short = TransformerEncoder("minilm", cache_dir=minilm.cache_path.parent, max_tokens=4)
+    dialogue = [_dialogue("m4", "I am so happy today!")]
+    torch.testing.assert_close(short.batch_inputs(dialogue)["features"][0, 0], minilm.embed(["I am"])[0],
+                               atol=1e-5, rtol=1e-4)
+    assert short._keys(dialogue)[0] != minilm._keys(dialogue)[0]  # never served the untruncated vector
+    assert not torch.allclose(minilm.batch_inputs(dialogue)["features"][0, 0], minilm.embed(["I am"])[0])
+
+
 def test_model_directory_path_is_the_same_model(minilm):
     by_path = TransformerEncoder(str(resolve_model_dir("minilm")), cache_dir=minilm.cache_path.parent)
     assert by_path.identity == minilm.identity and by_path.output_size == 384

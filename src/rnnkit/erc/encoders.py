@@ -198,7 +198,7 @@ def _frozen(config, output_size: int | None = None) -> UtteranceEncoder:
     if config.encoder.startswith("features:"):
         return FeaturesEncoder(config.encoder[len("features:"):], output_size)
     return TransformerEncoder(config.encoder, config.cache_dir, speaker_in_text=config.speaker_in_text,
-                              context_turns=config.context_turns)
+                              context_turns=config.context_turns, max_tokens=config.max_tokens)
 
 
 def _trainable(config) -> TrainableTransformerEncoder:

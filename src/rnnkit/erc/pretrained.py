@@ -52,9 +52,12 @@ def resolve_model_dir(name: str) -> Path:
     return path
 
 
-def _text_key(text: str, context: str | None = None) -> bytes:
-    """The cache key of ``text`` read alone (``context`` None) or with ``context`` (possibly "")."""
+def _text_key(text: str, context: str | None = None, max_tokens: int | None = None) -> bytes:
+    """The cache key of ``text`` read alone (``context`` None) or with ``context`` (possibly ""), cut to
+    ``max_tokens`` tokens if given (None: the model's own limit)."""
     reading = text if context is None else f"{text}\0{context}"
+    if max_tokens is not None:
+        reading = f"{reading}\0max_tokens={max_tokens}"
     return hashlib.blake2b(reading.encode("utf-8"), digest_size=16).digest()
 
 
@@ -125,18 +128,18 @@ class TransformerEncoder(PassThroughEncoder):
     """A frozen Hugging Face encoder with an on-disk cache of sentence vectors.
 
     The cache is ``cache_dir / f"{identity}.safetensors"``, one file per model, holding ``keys``
-    (N, 16) uint8 (a BLAKE2b digest of each text) and ``vectors`` (N, D) float32. The identity is a
-    SHA-256 over the directory's files (weights, configuration, tokenizer) and the pooling, so
-    a changed model never reads another model's vectors. The file is rewritten atomically,
+    (N, 16) uint8 (a BLAKE2b digest of each text, with its context and ``max_tokens`` when given) and
+    ``vectors`` (N, D) float32. The identity is a SHA-256 over the directory's files (weights,
+    configuration, tokenizer) and the pooling, so a changed model never reads another model's vectors. The file is rewritten atomically,
     merged with what other processes wrote meanwhile. The model itself is loaded (local files
     only, never downloaded) the first time a text is missing from the cache.
     """
 
     def __init__(self, model: str, cache_dir: str | os.PathLike | None = None, batch_size: int = 64,
-                 speaker_in_text: bool = False, context_turns: int = 0):
+                 speaker_in_text: bool = False, context_turns: int = 0, max_tokens: int | None = None):
         super().__init__()
         self.model_name, self.model_dir, self.batch_size = model, resolve_model_dir(model), batch_size
-        self.speaker_in_text, self.context_turns = speaker_in_text, context_turns
+        self.speaker_in_text, self.context_turns, self.max_tokens = speaker_in_text, context_turns, max_tokens
         config = json.loads((self.model_dir / "config.json").read_text())
         self.output_size = int(config["hidden_size"])
         self.normalize = _normalizes(self.model_dir)
@@ -154,7 +157,8 @@ class TransformerEncoder(PassThroughEncoder):
     def _keys(self, dialogues) -> tuple[list[bytes], list[str], list[str] | None]:
         """The cache key of every utterance of ``dialogues`` as this encoder reads it, and the readings."""
         texts, contexts = self.readings(dialogues)
-        return [_text_key(t, c) for t, c in zip(texts, contexts or [None] * len(texts))], texts, contexts
+        keys = [_text_key(t, c, self.max_tokens) for t, c in zip(texts, contexts or [None] * len(texts))]
+        return keys, texts, contexts
 
     def prepare(self, dialogues, split=None):
         keys, texts, contexts = self._keys(dialogues)
@@ -177,6 +181,7 @@ class TransformerEncoder(PassThroughEncoder):
         """(N, D) float32 sentence vectors for ``texts`` (read with ``contexts`` if given), computed by the
         model (no cache)."""
         tokenizer, model, max_length = self._load()
+        max_length = min(max_length, self.max_tokens or max_length)
         device = next(model.parameters()).device
         size = [len(t) + len(contexts[i] if contexts else "") for i, t in enumerate(texts)]
         order = sorted(range(len(texts)), key=size.__getitem__)  # similar lengths share a batch
