@@ -130,9 +130,10 @@ class TransformerEncoder(PassThroughEncoder):
     The cache is ``cache_dir / f"{identity}.safetensors"``, one file per model, holding ``keys``
     (N, 16) uint8 (a BLAKE2b digest of each text, with its context and ``max_tokens`` when given) and
     ``vectors`` (N, D) float32. The identity is a SHA-256 over the directory's files (weights,
-    configuration, tokenizer) and the pooling, so a changed model never reads another model's vectors. The file is rewritten atomically,
-    merged with what other processes wrote meanwhile. The model itself is loaded (local files
-    only, never downloaded) the first time a text is missing from the cache.
+    configuration, tokenizer) and the pooling, so a changed model never reads another model's vectors.
+    The file is rewritten atomically, merged with what other processes wrote meanwhile. The model
+    itself is loaded (local files only, never downloaded) the first time a text is missing from the
+    cache.
     """
 
     def __init__(self, model: str, cache_dir: str | os.PathLike | None = None, batch_size: int = 64,
