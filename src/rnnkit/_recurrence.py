@@ -17,17 +17,20 @@ step t are the first n_t rows of the state and one contiguous block of n_t rows 
 buffer, so each step's matmul and elementwise work shrink with n_t. That matters for ragged
 batches of short sequences (the speaker tracks of ``SpeakerHistoryFusion`` are mostly padding).
 :class:`rnnkit._packing.Packing` converts between the padded (T, B, ·) and the packed (N, ·) layouts; the
-``*_recurrence`` functions take the padded layout, the ``packed_*`` ones the packed layout (so that
+``*_recurrence`` functions take the padded layout of one direction, the ``packed_*`` ones the packed
+layout with the direction dimension (so that
 :mod:`rnnkit._equations` projects only the real input steps).
 
 Why a hand-written backward: autograd would record ~15 nodes per step and replay as many small
-kernels backwards. Here the forward stores the gate activations in (N, G) buffers; the backward
-walks back in time writing the gate gradients into one (N, G) buffer, in place and in cache,
-and then gets dW_hh (and dW_hr) from ONE matmul over all N rows. Per-step views of every buffer
-are made once by ``split`` along dim 1 so the loops spend their time in kernels, not in Python indexing.
+kernels backwards. Here the forward stores the gate activations in (dirs, N, G) buffers; the
+backward walks back in time writing the gate gradients into one (dirs, N, G) buffer, in place and
+in cache, and then gets dW_hh (and dW_hr) from ONE batched matmul over all N rows. Per-step views of every buffer
+are made once by ``split`` along dim 1 so the loops spend their time in kernels, not in Python
+indexing.
 
-Letters: dirs directions (1 or 2), T time, S steps run (the longest length), B batch, N real steps in all (sum of lengths),
-n = n_t sequences running at step t, H hidden, P output size (H or proj_size), G gates (4H or 3H).
+Letters: dirs directions (1 or 2), T time, S steps run (the longest length), B batch, N real steps
+in all (sum of lengths), n = n_t sequences running at step t, H hidden, P output size (H or
+proj_size), G gates (4H or 3H).
 """
 
 from __future__ import annotations
