@@ -23,9 +23,9 @@ utterances are instead put straight into packed order (tracks sorted by length, 
 padding row; :class:`rnnkit._packing.Packing`) and each layer runs the gate equations (the
 ``backend="equations"`` path of :class:`rnnkit.LSTM`, both directions at once): one
 input-projection matmul over the N real utterances, then per turn only the tracks that have that
-turn. On a CPU this is ~2.5x faster than the fused
-kernel on the padded tracks (see BENCHMARKS.md), so the LSTM is built with
-``backend="equations"`` and its layers are run on the packed utterances directly.
+turn. On a CPU this is ~2.5x faster than the fused kernel on the padded tracks (see
+BENCHMARKS.md), so the LSTM is built with ``backend="equations"`` and its layers are run on the
+packed utterances directly.
 
 Shapes: B dialogues, U utterances (padded), D utterance width, H hidden, K tracks (one per
 (dialogue, speaker) pair), N real utterances, T the most turns any speaker takes.
