@@ -291,7 +291,6 @@ def bench_backends(repeats):
               f"native / equations {seconds['native'] / seconds['equations']:.2f}")
 
 
-
 def bench_directions(repeats):
     """The equations backend's bidirectional layer, both directions stepped in one loop (what it does)
     against one loop per direction (the same recurrence called once per direction), forward + backward."""

@@ -24,9 +24,9 @@ layout with the direction dimension (so that
 Why a hand-written backward: autograd would record ~15 nodes per step and replay as many small
 kernels backwards. Here the forward stores the gate activations in (dirs, N, G) buffers; the
 backward walks back in time writing the gate gradients into one (dirs, N, G) buffer, in place and
-in cache, and then gets dW_hh (and dW_hr) from ONE batched matmul over all N rows. Per-step views of every buffer
-are made once by ``split`` along dim 1 so the loops spend their time in kernels, not in Python
-indexing.
+in cache, and then gets dW_hh (and dW_hr) from ONE batched matmul over all N rows. Per-step views
+of every buffer are made once by ``split`` along dim 1 so the loops spend their time in kernels,
+not in Python indexing.
 
 Letters: dirs directions (1 or 2), T time, S steps run (the longest length), B batch, N real steps
 in all (sum of lengths), n = n_t sequences running at step t, H hidden, P output size (H or
@@ -54,6 +54,12 @@ def _previous(state0: torch.Tensor, steps: tuple[torch.Tensor, ...], sizes: list
     """Per step t, the (dirs, n_t, ·) state its rows start from: the first n_t rows of step t - 1's
     block (the running sequences lead, being sorted longest first), of ``state0`` at t = 0."""
     return [state0[:, :n] if t == 0 else steps[t - 1][:, :n] for t, n in enumerate(sizes)]
+
+
+def _rows_of(state0: torch.Tensor, previous: list[torch.Tensor]) -> torch.Tensor:
+    """The per-step states of :func:`_previous` as one (dirs, N, ·) tensor in packed order (the operand
+    of the weight gradient dW_hh); ``state0`` gives the shape when there are no steps."""
+    return torch.cat([state0[:, :0], *previous], 1)
 
 
 def _take_final_(t: int, sizes: list[int], pairs) -> None:
@@ -158,7 +164,7 @@ class _LSTM(torch.autograd.Function):
             _cell_grad_(a, d, t, dc[:, :n].add_(du[:, :n]), c_prev[t], tmp[:, :n])
             if t > 0 or want_h0:
                 torch.bmm(d.all[t], w_hh, out=dh[:, :n])
-        h_prev = torch.cat([h0[:, :0], *_previous(h0, _steps(h_all, sizes), sizes)], 1)  # (dirs, N, P)
+        h_prev = _rows_of(h0, _previous(h0, _steps(h_all, sizes), sizes))  # (dirs, N, P)
         d_w_hh = dxg.transpose(1, 2) @ h_prev  # (dirs, 4H, P)
         d_w_hr = dh_all.transpose(1, 2) @ m_all if w_hr is not None else None  # (dirs, P, H)
         return dxg, None, dh if want_h0 else None, dc, d_w_hh, d_w_hr
@@ -220,7 +226,7 @@ class _GRU(torch.autograd.Function):
             if t > 0 or want_h0:
                 torch.baddbmm(through_z[:, :k], dhg[t], w_hh, out=dh[:, :k])
         dxg[..., : 2 * H] = dHG[..., : 2 * H]
-        d_w_hh = dHG.transpose(1, 2) @ torch.cat([h0[:, :0], *h_prev], 1)  # (dirs, 3H, H)
+        d_w_hh = dHG.transpose(1, 2) @ _rows_of(h0, h_prev)  # (dirs, 3H, H)
         d_b_hh = dHG.sum(1) if b_hh is not None else None
         return dxg, None, dh if want_h0 else None, d_w_hh, d_b_hh
 
@@ -255,17 +261,18 @@ class _LayerNormLSTM(torch.autograd.Function):
         h, c, tc, xhat_hh, xhat_c = (_steps(x, sizes) for x in (h_all, c_all, tc_all, xhat_hh_all, xhat_c_all))
         h_prev, c_prev = _previous(h0, h, sizes), _previous(c0, c, sizes)
         w_hh_t = w_hh.transpose(1, 2)  # (dirs, H, G)
-        ln_hh_w, ln_hh_b, ln_c_w, ln_c_b = (w[:, None] for w in (ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias))
+        # (dirs, 1, 4H) and (dirs, 1, H) views of the layer-norm gains and shifts, broadcast over the rows
+        gain_hh, shift_hh, gain_c, shift_c = (w[:, None] for w in (ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias))
         for t, n in enumerate(sizes):
             xhat, _, rstd = torch.native_layer_norm(torch.bmm(h_prev[t], w_hh_t, out=WH[:, :n]), [G], None, None, eps)
             xhat_hh[t].copy_(xhat)
             rstd_hh.append(rstd)
-            torch.addcmul(xs[t], xhat, ln_hh_w, out=a.all[t]).add_(ln_hh_b)  # xg + LN_hh(h W_hh^T)
+            torch.addcmul(xs[t], xhat, gain_hh, out=a.all[t]).add_(shift_hh)  # xg + LN_hh(h W_hh^T)
             _lstm_cell_(a, t, c_prev[t], c[t])
             xhat, _, rstd = torch.native_layer_norm(c[t], [H], None, None, eps)
             xhat_c[t].copy_(xhat)
             rstd_c.append(rstd)
-            torch.addcmul(ln_c_b, xhat, ln_c_w, out=tc[t]).tanh_()
+            torch.addcmul(shift_c, xhat, gain_c, out=tc[t]).tanh_()
             torch.mul(a.o[t], tc[t], out=h[t])
             _take_final_(t, sizes, ((h_n, h[t]), (c_n, c[t])))
         ctx.sizes = sizes
@@ -293,7 +300,7 @@ class _LayerNormLSTM(torch.autograd.Function):
         xhat_hh, xhat_c, dyx_hh, dyx_c = (_steps(x, sizes) for x in (xhat_hh_all, xhat_c_all, dYX_hh, dYX_c))
         rstd_hh, rstd_c = _steps(rstd_hh_all, sizes), _steps(rstd_c_all, sizes)
         neg_mean_hh, neg_mean_c = -ln_hh_w[..., None] / G, -ln_c_w[..., None] / H  # (dirs, G, 1), (dirs, H, 1)
-        w_hh_ln, w_c_ln = ln_hh_w[:, None], ln_c_w[:, None]  # (dirs, 1, G), (dirs, 1, H)
+        gain_hh, gain_c = ln_hh_w[:, None], ln_c_w[:, None]  # (dirs, 1, G), (dirs, 1, H)
         dh, dc = _start(d_h_n), _start(d_c_n)  # as in _LSTM.backward
         tmp, dc_ln = A.new_empty(dc.shape), A.new_empty(dc.shape)
         s1, s2 = A.new_empty(*dc.shape[:2], 1), A.new_empty(*dc.shape[:2], 1)
@@ -301,14 +308,14 @@ class _LayerNormLSTM(torch.autograd.Function):
             n = sizes[t]
             dh_t = dh[:, :n].add_(d_o[t])
             _output_gate_grad_(a, d, t, dh_t, tc[t], dY_c[t])
-            _layer_norm_grad_(dY_c[t], w_c_ln, neg_mean_c, rstd_c[t], xhat_c[t], dc_ln[:, :n], dyx_c[t], s1[:, :n],
+            _layer_norm_grad_(dY_c[t], gain_c, neg_mean_c, rstd_c[t], xhat_c[t], dc_ln[:, :n], dyx_c[t], s1[:, :n],
                               s2[:, :n])
             _cell_grad_(a, d, t, dc[:, :n].add_(dc_ln[:, :n]), c_prev[t], tmp[:, :n])
-            _layer_norm_grad_(d.all[t], w_hh_ln, neg_mean_hh, rstd_hh[t], xhat_hh[t], dWH[t], dyx_hh[t], s1[:, :n],
+            _layer_norm_grad_(d.all[t], gain_hh, neg_mean_hh, rstd_hh[t], xhat_hh[t], dWH[t], dyx_hh[t], s1[:, :n],
                               s2[:, :n])
             if t > 0 or want_h0:
                 torch.bmm(dWH[t], w_hh, out=dh[:, :n])
-        h_prev = torch.cat([h0[:, :0], *_previous(h0, _steps(h_all, sizes), sizes)], 1)  # (dirs, N, H)
+        h_prev = _rows_of(h0, _previous(h0, _steps(h_all, sizes), sizes))  # (dirs, N, H)
         d_w_hh = dWH_all.transpose(1, 2) @ h_prev  # (dirs, 4H, H)
         d_ln_hh = dYX_hh.sum(1), dxg.sum(1)
         d_ln_c = dYX_c.sum(1), dY_c_all.sum(1)
