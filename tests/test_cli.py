@@ -241,9 +241,10 @@ def test_a_finetuned_run_reloads_its_encoder_and_reproduces_its_metrics(tmp_path
     assert main(["train", "--data", str(_meld(tmp_path)), "--out", str(out), "--encoder", "minilm", "--finetune",
                  "--encoder-lr", "1e-3", "--warmup", "0.5", "--schedule", "linear", "--token-budget", "12",
                  "--epochs", "1", "--batch-size", "2", "--context-hidden", "4", "--speaker-hidden", "4",
-                 "--context-turns", "1", "--class-weighting", "0.5", "--quiet"]) == 0
+                 "--context-turns", "1", "--class-weighting", "0.5", "--encoder-layers", "3,-1", "--quiet"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["finetune"] and config["model"]["encoder_lr"] == 1e-3
+    assert config["model"]["encoder_layers"] == [3, -1]
     assert config["model"]["context_turns"] == 1 and config["trainer"]["class_weighting"] == 0.5
     assert (config["trainer"]["warmup"], config["trainer"]["schedule"], config["trainer"]["token_budget"]) == \
         (0.5, "linear", 12)
@@ -423,6 +424,10 @@ def test_bad_flag_values_are_one_line_errors(tmp_path, capsys):
     assert "TrainerConfig.lr must be a finite number > 0" in _error_line(capsys)
     assert main(["train", "--out", str(tmp_path / "run"), "--epochs", "two"]) == 2
     assert "--epochs: invalid int value: 'two'" in _error_line(capsys)
+    assert main(["train", "--out", str(tmp_path / "run"), "--encoder-layers", "2,last"]) == 2
+    assert "--encoder-layers: expected comma-separated layer numbers such as 2,3,4, got '2,last'" in _error_line(capsys)
+    assert _train(tmp_path / "run", "--encoder", "minilm", "--encoder-layers", "9") == 2
+    assert "encoder layer 9 does not exist in" in _error_line(capsys)
     assert main(["train", "--out", str(tmp_path / "r2"), "--resume"]) == 2
     assert "no config.json to resume from" in _error_line(capsys)
     assert not (tmp_path / "run").exists()

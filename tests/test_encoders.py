@@ -156,6 +156,31 @@ def test_model_directory_path_is_the_same_model(minilm):
     assert by_path.identity == minilm.identity and by_path.output_size == 384
 
 
+def test_minilm_layers_put_each_layers_mean_side_by_side(minilm):
+    """layers=(0, 4, -1): the means over the tokens of the embeddings, layer 4 and the last layer, unnormalised."""
+    layered = TransformerEncoder("minilm", cache_dir=minilm.cache_path.parent, layers=(0, 4, -1))
+    assert layered.output_size == 3 * 384 and layered.identity != minilm.identity  # a cache file of its own
+    text = "I am so happy today!"
+    tokenizer, model, _ = layered._load()
+    with torch.no_grad():
+        states = model(**tokenizer([text], return_tensors="pt"), output_hidden_states=True).hidden_states
+    expected = torch.cat([states[k][0].mean(0) for k in (0, 4, 6)])  # (3 * 384,)
+    got = layered.batch_inputs([_dialogue("m5", text)])["features"][0, 0]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.nn.functional.normalize(got[768:], dim=0), minilm.embed([text])[0],
+                               atol=1e-5, rtol=1e-4)  # the last layer's mean is the model's vector before L2
+    fresh = TransformerEncoder("minilm", cache_dir=minilm.cache_path.parent, layers=(0, 4, -1))
+    torch.testing.assert_close(fresh.batch_inputs([_dialogue("m5", text)])["features"][0, 0], got)
+    assert fresh._backbone is None  # read back from its cache
+
+
+def test_layers_that_the_model_lacks_are_named(minilm):
+    with pytest.raises(ValueError, match=r"encoder layer 7 does not exist in .* \(6 layers: 0 is the embeddings"):
+        TransformerEncoder("minilm", cache_dir=minilm.cache_path.parent, layers=(2, 7))
+    with pytest.raises(ValueError, match=r"encoder layer -8 does not exist"):
+        TrainableTransformerEncoder("minilm", layers=(-8,))
+
+
 def test_load_encoder_rejects_a_different_model(minilm, tmp_path):
     config = ERCConfig(num_labels=3, encoder="minilm", cache_dir=str(minilm.cache_path.parent))
     minilm.save(tmp_path)
@@ -185,6 +210,14 @@ def test_trainable_encoder_starts_from_the_frozen_vectors(minilm, trainable):
     assert not inputs["attention_mask"][1, 1].any()  # padding utterance
     torch.testing.assert_close(trainable(inputs), minilm(minilm.batch_inputs(SENTENCES)), atol=1e-5, rtol=1e-4)
     assert trainable.identity == minilm.identity
+
+
+def test_trainable_encoder_with_layers_starts_from_the_frozen_layered_vectors(minilm):
+    frozen = TransformerEncoder("minilm", cache_dir=minilm.cache_path.parent, layers=(3, -1))
+    trainable = TrainableTransformerEncoder("minilm", layers=(3, -1)).eval()
+    assert trainable.output_size == frozen.output_size == 768 and trainable.identity == frozen.identity
+    torch.testing.assert_close(trainable(trainable.batch_inputs(SENTENCES)), frozen(frozen.batch_inputs(SENTENCES)),
+                               atol=1e-5, rtol=1e-4)
 
 
 def test_trainable_encoder_chunks_by_length_without_changing_the_vectors(trainable, monkeypatch):

@@ -134,6 +134,10 @@ def test_features_encoder_feeds_the_model(tmp_path):
         ("encoder_lr", 0.0, r"ERCConfig.encoder_lr must be a finite number > 0, got 0.0"),
         ("context_turns", -1, r"ERCConfig.context_turns must be an int >= 0, got -1"),
         ("context_turns", 2, r"ERCConfig.context_turns needs a transformer encoder .* got encoder 'words'"),
+        ("encoder_layers", (2, 4), r"ERCConfig.encoder_layers needs a transformer encoder .* got encoder 'words'"),
+        ("encoder_layers", [], r"ERCConfig.encoder_layers must be None or a non-empty list of ints, got \[\]"),
+        ("encoder_layers", 4, r"ERCConfig.encoder_layers must be None or a non-empty list of ints, got 4"),
+        ("encoder_layers", ["4"], r"ERCConfig.encoder_layers must be None or a non-empty list of ints, got \['4'\]"),
     ],
 )
 def test_config_validation_names_the_field(field, value, message):

@@ -51,7 +51,7 @@ _RESUMABLE = ("epochs", "device", "quiet")
 
 _MODEL_FLAGS = ("encoder", "embedding_dim", "encoder_hidden", "context_hidden", "speaker_hidden", "num_layers",
                 "dropout", "min_freq", "max_tokens", "cache_dir", "finetune", "speaker_in_text",
-                "context_turns", "encoder_lr")
+                "context_turns", "encoder_layers", "encoder_lr")
 _TRAINER_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "seed", "device", "warmup", "schedule",
                   "token_budget", "class_weighting")
 
@@ -68,6 +68,13 @@ EXAMPLES = """examples:
 
 def _default(cls, name: str):
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _layer_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer numbers such as 2,3,4, got {text!r}") from None
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -98,6 +105,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        help="a transformer encoder reads 'Name: text' instead of the text alone")
     model.add_argument("--context-turns", type=int, metavar="N",
                        help="a transformer encoder reads each utterance with the N turns before it (default: 0)")
+    model.add_argument("--encoder-layers", type=_layer_list, metavar="K,K,...",
+                       help="a transformer encoder's utterance vector: the mean-pooled hidden states of these "
+                       "layers side by side (0 the embeddings, -1 the last; default: the model's own sentence vector)")
     model.add_argument("--encoder-lr", type=float, metavar="FLOAT",
                        help=f"learning rate of the fine-tuned encoder (default: {_default(ERCConfig, 'encoder_lr')})")
     model.add_argument("--no-context", dest="use_context", action="store_false",
@@ -252,10 +262,10 @@ def _train_one(plan: _Plan, data: _Data, info: DistInfo) -> dict:
     # A run stopped before its first checkpoint starts over, with the encoder it saved.
     resume = plan.saved and (plan.directory / CHECKPOINT_DIR / STATE_FILE).is_file()
     seed_everything(trainer_config.seed)
-    if plan.saved:
-        encoder = load_encoder(plan.model, plan.directory)
-    else:
-        encoder = build_encoder(plan.model, data.splits["train"])
+    try:
+        encoder = load_encoder(plan.model, plan.directory) if plan.saved else build_encoder(plan.model, data.splits["train"])
+    except ValueError as err:  # not a model directory, a layer the model lacks, a model changed since the run began
+        raise CLIError(str(err)) from None
     for split in ("dev", "test"):
         encoder.prepare(data.splits[split], split)
     model = ERCModel(plan.model, encoder)

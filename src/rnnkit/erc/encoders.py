@@ -198,8 +198,10 @@ def _frozen(config, output_size: int | None = None) -> UtteranceEncoder:
     if config.encoder.startswith("features:"):
         return FeaturesEncoder(config.encoder[len("features:"):], output_size)
     return TransformerEncoder(config.encoder, config.cache_dir, speaker_in_text=config.speaker_in_text,
-                              context_turns=config.context_turns, max_tokens=config.max_tokens)
+                              context_turns=config.context_turns, max_tokens=config.max_tokens,
+                              layers=config.encoder_layers)
 
 
 def _trainable(config) -> TrainableTransformerEncoder:
-    return TrainableTransformerEncoder(config.encoder, config.max_tokens, config.speaker_in_text, config.context_turns)
+    return TrainableTransformerEncoder(config.encoder, config.max_tokens, config.speaker_in_text, config.context_turns,
+                                       config.encoder_layers)

@@ -60,6 +60,9 @@ class ERCConfig:
     speaker_in_text: a transformer encoder reads "Name: text" instead of the text alone.
     context_turns: a transformer encoder reads each utterance together with up to this many turns before it
         (as the second segment of a text pair; the vector still pools the utterance's own tokens only).
+    encoder_layers: None (the model's own sentence vector, from its last layer), or the transformer layers
+        whose mean-pooled hidden states are concatenated into the utterance vector (0 the embeddings, 1 .. L
+        the layers, negative from the end; see :mod:`rnnkit.erc.pretrained`).
     encoder_lr: learning rate of the fine-tuned encoder (the rest trains at ``TrainerConfig.lr``); BERT-like
         encoders fine-tune at 1e-5..5e-5 (Devlin et al. 2019, sec. A.3), far below a fresh RNN's rate.
     """
@@ -80,6 +83,7 @@ class ERCConfig:
     finetune: bool = False
     speaker_in_text: bool = False
     context_turns: int = 0
+    encoder_layers: tuple[int, ...] | None = None
     encoder_lr: float = 2e-5
 
     def __post_init__(self) -> None:
@@ -89,6 +93,12 @@ class ERCConfig:
         _check_int("context_turns", self.context_turns, "an int >= 0", minimum=0)
         if self.max_tokens is not None:
             _check_int("max_tokens", self.max_tokens, "None or an int >= 1")
+        if self.encoder_layers is not None:
+            layers = self.encoder_layers
+            if (not isinstance(layers, (list, tuple)) or not layers
+                    or any(isinstance(k, bool) or not isinstance(k, int) for k in layers)):
+                raise ValueError(f"ERCConfig.encoder_layers must be None or a non-empty list of ints, got {layers!r}")
+            self.encoder_layers = tuple(layers)
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ValueError(f"ERCConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
         for name in ("use_context", "use_speaker", "finetune", "speaker_in_text"):
@@ -100,7 +110,7 @@ class ERCConfig:
         if self.cache_dir is not None and not isinstance(self.cache_dir, str):
             raise ValueError(f"ERCConfig.cache_dir must be None or a path string, got {self.cache_dir!r}")
         self._check_encoder()
-        for name in ("finetune", "speaker_in_text", "context_turns"):
+        for name in ("finetune", "speaker_in_text", "context_turns", "encoder_layers"):
             if getattr(self, name) and (self.encoder in ("words", "chars") or self.encoder.startswith("features:")):
                 raise ValueError(f"ERCConfig.{name} needs a transformer encoder ('minilm' or a local model "
                                  f"directory), got encoder {self.encoder!r}")

