@@ -156,19 +156,20 @@ def test_model_directory_path_is_the_same_model(minilm):
     assert by_path.identity == minilm.identity and by_path.output_size == 384
 
 
-def test_minilm_layers_put_each_layers_mean_side_by_side(minilm):
-    """layers=(0, 4, -1): the means over the tokens of the embeddings, layer 4 and the last layer, unnormalised."""
+def test_minilm_layers_average_those_layers(minilm):
+    """layers=(0, 4, -1): the mean over the tokens and over the embeddings, layer 4 and the last layer."""
     layered = TransformerEncoder("minilm", cache_dir=minilm.cache_path.parent, layers=(0, 4, -1))
-    assert layered.output_size == 3 * 384 and layered.identity != minilm.identity  # a cache file of its own
+    last = TransformerEncoder("minilm", cache_dir=minilm.cache_path.parent, layers=(-1,))
+    assert layered.output_size == 384 and len({layered.identity, last.identity, minilm.identity}) == 3
     text = "I am so happy today!"
     tokenizer, model, _ = layered._load()
     with torch.no_grad():
         states = model(**tokenizer([text], return_tensors="pt"), output_hidden_states=True).hidden_states
-    expected = torch.cat([states[k][0].mean(0) for k in (0, 4, 6)])  # (3 * 384,)
+    expected = sum(states[k][0].mean(0) for k in (0, 4, 6)) / 3  # (384,)
     got = layered.batch_inputs([_dialogue("m5", text)])["features"][0, 0]
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(torch.nn.functional.normalize(got[768:], dim=0), minilm.embed([text])[0],
-                               atol=1e-5, rtol=1e-4)  # the last layer's mean is the model's vector before L2
+    torch.testing.assert_close(torch.nn.functional.normalize(last.embed([text])[0], dim=0), minilm.embed([text])[0],
+                               atol=1e-5, rtol=1e-4)  # the last layer alone is the model's vector before L2
     fresh = TransformerEncoder("minilm", cache_dir=minilm.cache_path.parent, layers=(0, 4, -1))
     torch.testing.assert_close(fresh.batch_inputs([_dialogue("m5", text)])["features"][0, 0], got)
     assert fresh._backbone is None  # read back from its cache
@@ -215,7 +216,7 @@ def test_trainable_encoder_starts_from_the_frozen_vectors(minilm, trainable):
 def test_trainable_encoder_with_layers_starts_from_the_frozen_layered_vectors(minilm):
     frozen = TransformerEncoder("minilm", cache_dir=minilm.cache_path.parent, layers=(3, -1))
     trainable = TrainableTransformerEncoder("minilm", layers=(3, -1)).eval()
-    assert trainable.output_size == frozen.output_size == 768 and trainable.identity == frozen.identity
+    assert trainable.output_size == frozen.output_size == 384 and trainable.identity == frozen.identity
     torch.testing.assert_close(trainable(trainable.batch_inputs(SENTENCES)), frozen(frozen.batch_inputs(SENTENCES)),
                                atol=1e-5, rtol=1e-4)
 

@@ -106,8 +106,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     model.add_argument("--context-turns", type=int, metavar="N",
                        help="a transformer encoder reads each utterance with the N turns before it (default: 0)")
     model.add_argument("--encoder-layers", type=_layer_list, metavar="K,K,...",
-                       help="a transformer encoder's utterance vector: the mean-pooled hidden states of these "
-                       "layers side by side (0 the embeddings, -1 the last; default: the model's own sentence vector)")
+                       help="a transformer encoder's utterance vector: the mean of these layers' hidden states, "
+                       "pooled (0 the embeddings, -1 the last; default: the model's own sentence vector)")
     model.add_argument("--encoder-lr", type=float, metavar="FLOAT",
                        help=f"learning rate of the fine-tuned encoder (default: {_default(ERCConfig, 'encoder_lr')})")
     model.add_argument("--no-context", dest="use_context", action="store_false",

