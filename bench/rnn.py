@@ -1,6 +1,6 @@
 """Speed of rnnkit's recurrent layers against torch's, measured side by side in one run.
 
-    python bench/rnn.py [--repeats N] [--only backends|directions]
+    python bench/rnn.py [--repeats N] [--only layernorm|backends|directions]
 
 Runs on CPU in float32 with ``torch.set_num_threads(2)``. The layers compared in one table are
 timed round-robin (one call of each, N times over) after a warm-up call, and each is reported by
@@ -324,7 +324,8 @@ def bench_directions(repeats):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per layer (default 7)")
-    parser.add_argument("--only", choices=["backends", "directions"], help="run only this table")
+    tables = {"layernorm": bench_layernorm_lstm, "backends": bench_backends, "directions": bench_directions}
+    parser.add_argument("--only", choices=list(tables), help="run only this table")
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
     peak = gemm_peak()
@@ -332,7 +333,7 @@ def main(argv=None):
           f"median of {args.repeats} round-robin calls")
     print(f"fp32 GEMM peak (2048x2048 torch.mm): {peak:.0f} GFLOP/s")
     if args.only:
-        {"backends": bench_backends, "directions": bench_directions}[args.only](args.repeats)
+        tables[args.only](args.repeats)
         return
     bench_bidirectional_lstm(args.repeats)
     bench_layernorm_lstm(args.repeats)
