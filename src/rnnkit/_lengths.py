@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_lengths", "step_mask", "reverse_padded", "gather_last"]
+__all__ = ["check_lengths", "step_mask", "permute", "reverse_padded", "gather_last"]
 
 
 def check_lengths(lengths, batch_size: int, max_len: int, device: torch.device) -> torch.Tensor:
@@ -45,17 +45,39 @@ def step_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return steps[:, None] < lengths[None, :]  # (T, B)
 
 
+class _Permute(torch.autograd.Function):
+    """``x.index_select(dim, index)`` for a permutation ``index``, differentiated by the inverse
+    permutation. Autograd's own rule for index_select (``index_add_`` into a zero tensor) costs a
+    fill and a scatter of the whole tensor; a permutation's gradient is just the inverse gather."""
+
+    @staticmethod
+    def forward(ctx, x, dim, index, inverse):
+        ctx.dim, ctx.index, ctx.inverse = dim, index, inverse
+        return x.index_select(dim, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return permute(grad, ctx.dim, ctx.inverse, ctx.index), None, None, None
+
+
+def permute(x: torch.Tensor, dim: int, index: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """``x.index_select(dim, index)`` where ``index`` is a permutation and ``inverse`` its inverse
+    (``inverse[index] = arange``); differentiable to any order."""
+    return _Permute.apply(x, dim, index, inverse)
+
+
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Reverse each sequence of ``x`` (T, B, *) within its own length; padding stays in place.
 
     This is what makes the backward direction of a bidirectional layer start at each sequence's
-    own last element rather than at the padding. It is its own inverse.
+    own last element rather than at the padding. It is its own inverse: a permutation of the
+    (T * B) rows that is its own inverse permutation, which is also its gradient.
     """
     T, B = x.shape[:2]
     steps = torch.arange(T, device=x.device)[:, None]  # (T, 1)
-    index = torch.where(steps < lengths, lengths - 1 - steps, steps)  # (T, B)
-    index = index.view(T, B, *([1] * (x.dim() - 2))).expand_as(x)
-    return x.gather(0, index)
+    source = torch.where(steps < lengths, lengths - 1 - steps, steps)  # (T, B) step read at (t, b)
+    rows = (source * B + torch.arange(B, device=x.device)).view(-1)  # (T * B,) flat row read at (t, b)
+    return permute(x.reshape(T * B, *x.shape[2:]), 0, rows, rows).view(x.shape)
 
 
 def gather_last(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

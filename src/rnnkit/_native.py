@@ -53,7 +53,7 @@ from bisect import bisect_right
 import torch
 import torch.nn.functional as F
 
-from ._lengths import gather_last, reverse_padded, step_mask
+from ._lengths import gather_last, permute, reverse_padded, step_mask
 
 __all__ = ["run_layer", "run_stack"]
 
@@ -173,10 +173,11 @@ def _chunk_bounds(lengths, max_chunks=None) -> list[int]:
 def _run_chunked(mode, x, lengths, hx, weights, has_biases, bounds):
     """Both directions of a flagged ``x`` (T, B, D + 1), in time chunks over the length-sorted batch."""
     order = torch.argsort(lengths, descending=True, stable=True)  # (B,), longest first
-    x, lengths = x.index_select(1, order), lengths[order]
+    unsort = torch.argsort(order)
+    x, lengths = permute(x, 1, order, unsort), lengths[order]
     if hx is None:
         hx = _zero_state(mode, x, weights[0][1], len(weights))
-    hx = tuple(s.index_select(1, order) for s in hx)
+    hx = tuple(permute(s, 1, order, unsort) for s in hx)
     active = [int((lengths > t).sum()) for t in bounds]  # sequences running at each boundary, a prefix
 
     outputs, finals = [], []
@@ -187,9 +188,8 @@ def _run_chunked(mode, x, lengths, hx, weights, has_biases, bounds):
                                   active)
         outputs.append(out if d == 0 else reverse_padded(out, lengths))
         finals.append(states)
-    unsort = torch.argsort(order)
-    output = torch.cat(outputs, -1).index_select(1, unsort)  # (T, B, dirs * H_out)
-    return output, tuple(torch.cat(pair).index_select(1, unsort) for pair in zip(*finals))
+    output = permute(torch.cat(outputs, -1), 1, unsort, order)  # (T, B, dirs * H_out)
+    return output, tuple(permute(torch.cat(pair), 1, unsort, order) for pair in zip(*finals))
 
 
 def _chunk_loop(mode, x, hx, weights, has_biases, bounds, active):
@@ -197,9 +197,11 @@ def _chunk_loop(mode, x, hx, weights, has_biases, bounds, active):
     T, B = x.shape[:2]
     state, outputs = hx, []
     finals = [tuple(s[:, active[0] :] for s in hx)]  # length 0: the initial state
-    for start, stop, n, n_next in zip(bounds, bounds[1:], active, active[1:]):
-        out, state = _fused(mode, x[start:stop, :n], tuple(s[:, :n] for s in state), weights,
-                            has_biases=has_biases)  # (stop - start, n, H_out)
+    # Split, not sliced per chunk: the gradient of a slice is a zero tensor of x's full size.
+    chunks = x.split([stop - start for start, stop in zip(bounds, bounds[1:])] + [T - bounds[-1]])
+    for chunk, n, n_next in zip(chunks, active, active[1:]):
+        out, state = _fused(mode, chunk[:, :n], tuple(s[:, :n] for s in state), weights,
+                            has_biases=has_biases)  # (chunk length, n, H_out)
         outputs.append(F.pad(out, (0, 0, 0, B - n)))  # (stop - start, B, H_out)
         finals.insert(0, tuple(s[:, n_next:] for s in state))  # the sequences that end in this chunk
     outputs.append(out.new_zeros(T - bounds[-1], B, out.shape[-1]))

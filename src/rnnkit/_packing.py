@@ -13,6 +13,8 @@ from bisect import bisect_right
 
 import torch
 
+from rnnkit._lengths import permute
+
 __all__ = ["Packing"]
 
 
@@ -65,12 +67,12 @@ class Packing:
         layer runs on. Its own inverse."""
         if self.order is None:
             return y.view(self.T, self.B, *y.shape[1:]).flip(0).view(y.shape)
-        return y.index_select(0, self._flip)
+        return permute(y, 0, self._flip, self._flip)
 
     def sort(self, state: torch.Tensor) -> torch.Tensor:
         """(dirs, B, *) state in batch order -> sorted order."""
-        return state if self.order is None else state.index_select(1, self.order)
+        return state if self.order is None else permute(state, 1, self.order, self.inverse)
 
     def unsort(self, state: torch.Tensor) -> torch.Tensor:
         """(dirs, B, *) state in sorted order -> batch order."""
-        return state if self.order is None else state.index_select(1, self.inverse)
+        return state if self.order is None else permute(state, 1, self.inverse, self.order)
