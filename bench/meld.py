@@ -13,8 +13,9 @@ run and chooses nothing.
 ``--mode frozen`` embeds every utterance once with the frozen encoder (cached in --cache-dir, passed to
 rnnkit as $RNNKIT_CACHE) and trains the recurrent model on the vectors; ``--mode finetune`` trains the
 encoder with it (``--finetune``). Each mode has its own hyper-parameters (chosen on the dev split, see
-BENCHMARKS.md); any of them can be overridden. ``--jobs N`` runs N trainings at once, each with
-``OMP_NUM_THREADS = 2 // N`` (at least 1). MELD is GPL-3.0 data: it is read by path, never copied.
+BENCHMARKS.md); any of them can be overridden, and a flag of one mode's preset can be given in the other
+mode too. ``--jobs N`` runs N trainings at once, each with ``OMP_NUM_THREADS = 2 // N`` (at least 1).
+MELD is GPL-3.0 data: it is read by path, never copied.
 Finished runs are reused, so an interrupted benchmark picks up where it stopped.
 """
 
@@ -34,17 +35,18 @@ VARIANTS = {"full": [], "no_context": ["--no-context"], "no_speaker": ["--no-spe
 # rnnkit train flags per mode (bench flag name = rnnkit flag name), chosen on dev.
 PRESETS = {
     "frozen": {"epochs": 10, "lr": 3e-3, "dropout": 0.3, "batch_size": 16, "weight_decay": 0.01,
-               "context_hidden": 128, "speaker_hidden": 128, "context_turns": 0},
+               "context_hidden": 128, "speaker_hidden": 128, "context_turns": 0, "encoder_layers": "1,2,3,4,5"},
     "finetune": {"epochs": 5, "lr": 1e-3, "encoder_lr": 5e-5, "warmup": 0.1, "schedule": "linear",
                  "dropout": 0.3, "batch_size": 8, "token_budget": 2048, "weight_decay": 0.01,
                  "context_hidden": 128, "speaker_hidden": 128, "context_turns": 0,
                  "class_weighting": 0.5},
 }
+FLAGS = sorted({name for preset in PRESETS.values() for name in preset})  # any of them can be given in either mode
 SWITCHES = ("speaker_in_text",)  # flags without a value, off unless given
 
 
 def command(args, variant: str, seed: int, out: Path) -> list[str]:
-    settings = PRESETS[args.mode] | {k: v for k, v in vars(args).items() if k in PRESETS[args.mode] and v is not None}
+    settings = PRESETS[args.mode] | {k: v for k, v in vars(args).items() if k in FLAGS and v is not None}
     flags = [item for name, value in settings.items() for item in (f"--{name.replace('_', '-')}", str(value))]
     flags += [f"--{name.replace('_', '-')}" for name in SWITCHES if getattr(args, name)]
     if args.mode == "finetune":
@@ -113,7 +115,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--jobs", type=int, default=1, help="trainings at once (default: 1)")
-    for name in sorted({name for preset in PRESETS.values() for name in preset}):
+    for name in FLAGS:
         kind = type(PRESETS["finetune"].get(name, PRESETS["frozen"].get(name)))
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind,
                             help="rnnkit train flag (default: " + ", ".join(
