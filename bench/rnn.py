@@ -45,17 +45,32 @@ def measure(calls: dict, repeats: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def gemm_peak(n: int = 2048, repeats: int = 10) -> float:
-    """Best fp32 GFLOP/s of an (n x n) @ (n x n) ``torch.mm``: the machine's practical peak.
+def gemm_peak(n: int = 2048, repeats: int = 10, onednn: bool = False) -> float | None:
+    """Best fp32 GFLOP/s of an (n x n) @ (n x n) matmul: the machine's practical peak.
 
-    The fastest call, not the median: a peak is what the machine reaches when left alone.
+    ``torch.mm`` runs the BLAS torch was built with (MKL in the PyPI CPU wheels), which is what
+    rnnkit's equations backend calls; with ``onednn`` the same product goes through oneDNN, the
+    library behind torch's fused CPU LSTM, by the private op torch's compiler uses (None where
+    this torch has no such op). On some CPUs the two differ by 2x, which is the gap between the
+    fused nn.LSTM and any recurrence written with ``torch.mm``. The fastest call, not the median:
+    a peak is what the machine reaches when left alone.
     """
     a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
+    if onednn:
+        try:
+            def product():
+                return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")  # a @ b^T
+            product()
+        except (AttributeError, RuntimeError):
+            return None
+    else:
+        def product():
+            return torch.mm(a, b)
+        product()
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
-        torch.mm(a, b)
+        product()
         seconds.append(time.perf_counter() - start)
     return 2 * n**3 / min(seconds) / 1e9
 
@@ -266,7 +281,7 @@ def bench_forward(repeats, B, T, H, peak):
         f"1-layer LSTM forward only, B={B} T={T} D=H={H}, lengths U[{T // 4},{T}]",
         seconds, {"/ padded": "nn.LSTM, padded (ignores lengths)"}, gflop=lstm_gflop(T, B, D, H),
         notes=[f"GFLOP/s: padded matrix-multiply work {lstm_gflop(T, B, D, H):.2f} GFLOP / time; "
-               f"fp32 GEMM peak {peak:.0f} GFLOP/s"],
+               f"fp32 GEMM peak (torch.mm) {peak:.0f} GFLOP/s"],
     )
 
 
@@ -328,10 +343,11 @@ def main(argv=None):
     parser.add_argument("--only", choices=list(tables), help="run only this table")
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
-    peak = gemm_peak()
+    peak, onednn_peak = gemm_peak(), gemm_peak(onednn=True)
     print(f"torch {torch.__version__}, {platform.machine()} {_cpu_name()}, {THREADS} threads, float32; "
           f"median of {args.repeats} round-robin calls")
-    print(f"fp32 GEMM peak (2048x2048 torch.mm): {peak:.0f} GFLOP/s")
+    print(f"fp32 GEMM peak (2048x2048): torch.mm {peak:.0f} GFLOP/s, oneDNN "
+          + (f"{onednn_peak:.0f} GFLOP/s" if onednn_peak else "not available"))
     if args.only:
         tables[args.only](args.repeats)
         return
