@@ -74,7 +74,8 @@ def _layer_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(k) for k in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer numbers such as 2,3,4, got {text!r}") from None
+        message = f"expected comma-separated layer numbers such as 2,3,4, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -263,7 +264,10 @@ def _train_one(plan: _Plan, data: _Data, info: DistInfo) -> dict:
     resume = plan.saved and (plan.directory / CHECKPOINT_DIR / STATE_FILE).is_file()
     seed_everything(trainer_config.seed)
     try:
-        encoder = load_encoder(plan.model, plan.directory) if plan.saved else build_encoder(plan.model, data.splits["train"])
+        if plan.saved:
+            encoder = load_encoder(plan.model, plan.directory)
+        else:
+            encoder = build_encoder(plan.model, data.splits["train"])
     except ValueError as err:  # not a model directory, a layer the model lacks, a model changed since the run began
         raise CLIError(str(err)) from None
     for split in ("dev", "test"):

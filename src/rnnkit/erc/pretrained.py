@@ -242,8 +242,9 @@ class TrainableTransformerEncoder(UtteranceEncoder):
 
     ``batch_inputs`` tokenises the batch: ``input_ids`` and ``attention_mask`` (B, U, W), truncated to
     ``max_tokens`` (and the model's own limit), all-zero mask rows at padding utterances. ``forward`` runs
-    the model on the real utterances and mean-pools the last hidden states (or those of ``layers``) over the attention mask,
-    L2-normalised when the directory asks for it: before any training step these are the
+    the model on the real utterances and mean-pools the last hidden states over the attention mask,
+    L2-normalised when the directory asks for it (with ``layers``, the unnormalised mean of those layers'
+    hidden states instead): before any training step these are the
     :class:`TransformerEncoder` vectors. The model is a submodule (``backbone``), so gradients reach it and
     its weights are saved with the ERC model; ``identity`` names the pretrained starting point.
     """
