@@ -241,11 +241,13 @@ def test_a_finetuned_run_reloads_its_encoder_and_reproduces_its_metrics(tmp_path
     assert main(["train", "--data", str(_meld(tmp_path)), "--out", str(out), "--encoder", "minilm", "--finetune",
                  "--encoder-lr", "1e-3", "--warmup", "0.5", "--schedule", "linear", "--token-budget", "12",
                  "--epochs", "1", "--batch-size", "2", "--context-hidden", "4", "--speaker-hidden", "4",
-                 "--context-turns", "1", "--class-weighting", "0.5", "--encoder-layers", "3,-1", "--quiet"]) == 0
+                 "--context-turns", "1", "--class-weighting", "0.5", "--encoder-layers", "3,-1",
+                 "--label-smoothing", "0.1", "--quiet"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["finetune"] and config["model"]["encoder_lr"] == 1e-3
     assert config["model"]["encoder_layers"] == [3, -1]
     assert config["model"]["context_turns"] == 1 and config["trainer"]["class_weighting"] == 0.5
+    assert config["trainer"]["label_smoothing"] == 0.1
     assert (config["trainer"]["warmup"], config["trainer"]["schedule"], config["trainer"]["token_budget"]) == \
         (0.5, "linear", 12)
     weights = load_file(out / "model.safetensors")
@@ -281,6 +283,17 @@ def test_weighted_loss_is_the_weighted_mean_over_labeled_utterances():
     unlabeled = SimpleNamespace(labels=torch.full((2, 3), -100))
     loss = erc_loss(lambda b: logits, unlabeled, weights)
     assert float(loss.detach()) == 0.0 and loss.requires_grad
+
+
+def test_label_smoothing_mixes_the_uniform_distribution_into_the_targets():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4)  # (B, U, L)
+    labels = torch.tensor([[0, 3, -100], [1, 1, -100]])
+    batch = SimpleNamespace(labels=labels)
+    log_p = logits.reshape(6, 4).log_softmax(-1)[labels.reshape(6) >= 0]  # (4, L) the labeled utterances
+    targets = 0.9 * torch.nn.functional.one_hot(labels[labels >= 0], 4) + 0.1 / 4  # (4, L)
+    expected = -(targets * log_p).sum(-1).mean()
+    torch.testing.assert_close(erc_loss(lambda b: logits, batch, label_smoothing=0.1), expected)
 
 
 def test_torchrun_two_processes(tmp_path):

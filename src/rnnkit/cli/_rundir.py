@@ -135,15 +135,17 @@ def check_labels(dialogues: list[Dialogue], labels: list[str], source: str) -> N
                                 f"label {utterance.label!r}; the run's labels are {', '.join(labels)}")
 
 
-def erc_loss(model: nn.Module, batch, weights: torch.Tensor | None = None) -> torch.Tensor:
+def erc_loss(model: nn.Module, batch, weights: torch.Tensor | None = None,
+             label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy averaged over the labeled utterances of the batch (0 when there are none); with class
-    ``weights`` (L,), the weighted mean (each utterance's term times the weight of its label, over their sum)."""
+    ``weights`` (L,), the weighted mean (each utterance's term times the weight of its label, over their sum);
+    ``label_smoothing`` as in torch's ``cross_entropy``."""
     logits = model(batch)  # (B, U, L)
     labels = batch.labels.reshape(-1)  # (B*U,)
     if weights is not None:
         weights = weights.to(logits.device)
     total = nn.functional.cross_entropy(logits.reshape(labels.numel(), -1), labels, weight=weights,
-                                        ignore_index=IGNORE_INDEX, reduction="sum")
+                                        ignore_index=IGNORE_INDEX, reduction="sum", label_smoothing=label_smoothing)
     labeled = labels[labels.ne(IGNORE_INDEX)]  # (N,)
     if not labeled.numel():
         return total  # 0, still attached to the graph

@@ -53,7 +53,7 @@ _MODEL_FLAGS = ("encoder", "embedding_dim", "encoder_hidden", "context_hidden", 
                 "dropout", "min_freq", "max_tokens", "cache_dir", "finetune", "speaker_in_text",
                 "context_turns", "encoder_layers", "encoder_lr")
 _TRAINER_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "seed", "device", "warmup", "schedule",
-                  "token_budget", "class_weighting")
+                  "token_budget", "class_weighting", "label_smoothing")
 
 EXAMPLES = """examples:
   rnnkit train --ablation --out runs/builtin            # built-in corpus: full / no_context / no_speaker
@@ -131,6 +131,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     optim.add_argument("--class-weighting", type=float, metavar="POWER",
                        help="weigh each class's loss by (its frequency / the mean) ** -POWER: 0.5 inverse square "
                        "root, 1 inverse frequency (default: 0, plain cross-entropy)")
+    optim.add_argument("--label-smoothing", type=float, metavar="FLOAT",
+                       help="mix this much of the uniform distribution into each target label "
+                       f"(default: {_default(TrainerConfig, 'label_smoothing')})")
     optim.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     optim.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
@@ -294,7 +297,8 @@ def _train_one(plan: _Plan, data: _Data, info: DistInfo) -> dict:
 
     weights = class_weights(data.splits["train"], data.labels, trainer_config.class_weighting)  # (L,) or None
     trainer = Trainer(model, data.splits["train"], lambda items: collate_dialogues(items, encoder, label_index),
-                      functools.partial(erc_loss, weights=weights), evaluate, monitor, trainer_config, plan.directory,
+                      functools.partial(erc_loss, weights=weights, label_smoothing=trainer_config.label_smoothing),
+                      evaluate, monitor, trainer_config, plan.directory,
                       param_groups=model.param_groups(trainer_config.lr), item_size=encoder.num_tokens)
     result = trainer.fit(resume=resume)
     if not info.is_main:
