@@ -70,8 +70,8 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Reverse each sequence of ``x`` (T, B, *) within its own length; padding stays in place.
 
     This is what makes the backward direction of a bidirectional layer start at each sequence's
-    own last element rather than at the padding. It is its own inverse: a permutation of the
-    (T * B) rows that is its own inverse permutation, which is also its gradient.
+    own last element rather than at the padding. As a permutation of the (T * B) rows it is its own
+    inverse, so its gradient is the same reversal.
     """
     T, B = x.shape[:2]
     steps = torch.arange(T, device=x.device)[:, None]  # (T, 1)

@@ -202,7 +202,7 @@ def _chunk_loop(mode, x, hx, weights, has_biases, bounds, active):
     for chunk, n, n_next in zip(chunks, active, active[1:]):
         out, state = _fused(mode, chunk[:, :n], tuple(s[:, :n] for s in state), weights,
                             has_biases=has_biases)  # (chunk length, n, H_out)
-        outputs.append(F.pad(out, (0, 0, 0, B - n)))  # (stop - start, B, H_out)
+        outputs.append(F.pad(out, (0, 0, 0, B - n)))  # (chunk length, B, H_out)
         finals.insert(0, tuple(s[:, n_next:] for s in state))  # the sequences that end in this chunk
     outputs.append(out.new_zeros(T - bounds[-1], B, out.shape[-1]))
     return torch.cat(outputs), tuple(torch.cat(pieces, 1) for pieces in zip(*finals))  # (T, B, H_out), (1, B, ·)
