@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -41,11 +42,20 @@ def test_reverse_padded_gradient_is_the_reversed_gradient(batch):
     assert torch.autograd.gradcheck(lambda v: reverse_padded(v, lengths), (x.detach().requires_grad_(),))
 
 
-def test_permute_matches_index_select_with_first_and_second_derivatives():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(4, 5, 3, dtype=torch.float64, generator=g, requires_grad=True)
-    index = torch.randperm(5, generator=g)
+@pytest.mark.parametrize("dim", [0, 1, 2])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_permute_matches_index_select_with_first_and_second_derivatives(dim, contiguous):
+    g = torch.Generator().manual_seed(dim)
+    x = torch.randn(4, 5, 3, dtype=torch.float64, generator=g)
+    x = (x if contiguous else x.transpose(0, 2).contiguous().transpose(0, 2)).requires_grad_()
+    index = torch.randperm(x.shape[dim], generator=g)
     inverse = torch.argsort(index)
-    assert torch.equal(permute(x, 1, index, inverse), x.index_select(1, index))
-    assert torch.autograd.gradcheck(lambda v: permute(v, 1, index, inverse), (x,))
-    assert torch.autograd.gradgradcheck(lambda v: permute(v, 1, index, inverse) ** 2, (x,))
+    assert torch.equal(permute(x, dim, index, inverse), x.index_select(dim, index))
+    assert torch.autograd.gradcheck(lambda v: permute(v, dim, index, inverse), (x,))
+    assert torch.autograd.gradgradcheck(lambda v: permute(v, dim, index, inverse) ** 2, (x,))
+
+
+def test_permute_of_an_empty_batch_keeps_its_shape():
+    x = torch.randn(3, 0, 2)
+    empty = torch.zeros(0, dtype=torch.long)
+    assert permute(x, 1, empty, empty).shape == (3, 0, 2)

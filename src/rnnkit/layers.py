@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import _equations, _native
-from ._lengths import check_lengths, step_mask
+from ._lengths import check_lengths, permute, step_mask
 from ._packing import Packing
 from .cells import LSTMState
 
@@ -254,7 +254,8 @@ class _RNNBase(nn.Module):
     def _pack_like(output: torch.Tensor, lengths: torch.Tensor, like: PackedSequence) -> PackedSequence:
         """Pack ``output`` (T, B, ·), in the caller's batch order, with the same indices as ``like``."""
         if like.sorted_indices is not None:
-            output, lengths = output.index_select(1, like.sorted_indices), lengths[like.sorted_indices]
+            output = permute(output, 1, like.sorted_indices, like.unsorted_indices)
+            lengths = lengths[like.sorted_indices]
         data = pack_padded_sequence(output, lengths, enforce_sorted=True).data  # (sum(lengths), dirs * H_out)
         return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
