@@ -15,6 +15,8 @@ rnnkit as $RNNKIT_CACHE) and trains the recurrent model on the vectors; ``--mode
 encoder with it (``--finetune``). Each mode has its own hyper-parameters (chosen on the dev split, see
 BENCHMARKS.md); any of them can be overridden, and a flag of one mode's preset can be given in the other
 mode too. ``--jobs N`` runs N trainings at once, each with ``OMP_NUM_THREADS = 2 // N`` (at least 1).
+``--ensemble K`` also scores ensembles (the seeds in consecutive groups of K, each group's runs averaged
+by ``rnnkit evaluate --run ...``) and reports mean ± std over the groups.
 MELD is GPL-3.0 data: it is read by path, never copied.
 Finished runs are reused, so an interrupted benchmark picks up where it stopped.
 """
@@ -100,6 +102,36 @@ def predict_speed(args, run: Path, cache_dir: str) -> float:
         return sum(1 for _ in lines) / seconds
 
 
+def ensemble_metrics(args, variant: str, group: list[int]) -> dict:
+    """``rnnkit evaluate`` of the ensemble of ``group``'s runs (averaged class probabilities) on dev and test."""
+    out = Path(args.runs_dir) / f"{args.mode}-{variant}-ensemble-seeds{'-'.join(map(str, group))}.json"
+    if not out.exists():
+        runs = [str(run_dir(args, variant, seed)) for seed in group]
+        scores = {}
+        for split in ("dev", "test"):
+            with tempfile.NamedTemporaryFile(suffix=".json") as report:
+                subprocess.run([sys.executable, "-m", "rnnkit.cli", "evaluate", "--run", *runs, "--split", split,
+                                "--output", report.name], check=True, stdout=subprocess.DEVNULL)
+                scores[split] = json.loads(Path(report.name).read_text())
+        out.write_text(json.dumps(scores))
+    return json.loads(out.read_text())
+
+
+def table_row(name: str, metrics: list[dict], timing: list[dict] | None = None) -> str:
+    """A markdown row of dev / test weighted F1, test macro F1 and accuracy (mean ± std over ``metrics``), and,
+    for single runs, the best epoch, wall seconds per epoch and per run, and the peak RSS."""
+    scores = (("dev", "weighted_f1"), ("test", "weighted_f1"), ("test", "accuracy"))
+    dev, test, accuracy = ([m[split][key] for m in metrics] for split, key in scores)
+    macro = [100 * m["test"]["report"]["macro avg"]["f1-score"] for m in metrics]
+    row = f"| {name} | {mean_std(dev)} | {mean_std(test)} | {mean_std(macro)} | {mean_std(accuracy)} "
+    if timing is None:
+        return row + "| | | | |"
+    seconds = statistics.mean(t["seconds"] for t in timing)
+    return row + (f"| {statistics.mean(m['best_epoch'] for m in metrics):.1f} "
+                  f"| {seconds / len(metrics[0]['history']):.0f} | {seconds:.0f} "
+                  f"| {max(t['peak_rss_mb'] for t in timing):.0f} |")
+
+
 def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
 
@@ -122,8 +154,13 @@ def main() -> None:
                                 f"{mode} {preset[name]}" for mode, preset in PRESETS.items() if name in preset) + ")")
     for name in SWITCHES:
         parser.add_argument(f"--{name.replace('_', '-')}", action="store_true", help="rnnkit train flag")
+    parser.add_argument("--ensemble", type=int, metavar="K",
+                        help="also score ensembles of K runs: the seeds in consecutive groups of K, each group's "
+                             "runs averaged by rnnkit evaluate, mean ± std over the groups")
     parser.add_argument("--no-predict", action="store_true", help="skip the rnnkit predict timing")
     args = parser.parse_args()
+    if args.ensemble is not None and (args.ensemble < 1 or len(args.seeds) % args.ensemble):
+        parser.error(f"--ensemble {args.ensemble} must divide the {len(args.seeds)} seeds into equal groups")
     args.data = str(Path(args.data).resolve())
     os.environ["RNNKIT_CACHE"] = args.cache_dir
     Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
@@ -132,16 +169,11 @@ def main() -> None:
     results = train_all(args, runs)
     rows = []
     for variant in args.variants:
-        metrics = [results[variant, seed][0] for seed in args.seeds]
-        timing = [results[variant, seed][1] for seed in args.seeds]
-        scores = (("dev", "weighted_f1"), ("test", "weighted_f1"), ("test", "accuracy"))
-        dev, test, accuracy = ([m[split][key] for m in metrics] for split, key in scores)
-        macro = [100 * m["test"]["report"]["macro avg"]["f1-score"] for m in metrics]
-        seconds = statistics.mean(t["seconds"] for t in timing)
-        epochs = len(metrics[0]["history"])
-        rows.append(f"| {variant} | {mean_std(dev)} | {mean_std(test)} | {mean_std(macro)} | {mean_std(accuracy)} "
-                    f"| {statistics.mean(m['best_epoch'] for m in metrics):.1f} | {seconds / epochs:.0f} "
-                    f"| {seconds:.0f} | {max(t['peak_rss_mb'] for t in timing):.0f} |")
+        rows.append(table_row(variant, *zip(*(results[variant, seed] for seed in args.seeds))))
+        if args.ensemble:
+            groups = [args.seeds[i : i + args.ensemble] for i in range(0, len(args.seeds), args.ensemble)]
+            rows.append(table_row(f"{variant}, {len(groups)} ensembles of {args.ensemble} seeds",
+                                  [ensemble_metrics(args, variant, group) for group in groups]))
     print(f"\nMELD, {args.mode} all-MiniLM-L6-v2, {len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), "
           f"{args.jobs} training(s) at a time\n")
     print("| variant | dev weighted F1 | test weighted F1 | test macro F1 | test accuracy | best epoch | s / epoch "
