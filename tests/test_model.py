@@ -132,6 +132,9 @@ def test_features_encoder_feeds_the_model(tmp_path):
         ("finetune", 1, r"ERCConfig.finetune must be True or False, got 1"),
         ("speaker_in_text", True, r"ERCConfig.speaker_in_text needs a transformer encoder .* got encoder 'words'"),
         ("encoder_lr", 0.0, r"ERCConfig.encoder_lr must be a finite number > 0, got 0.0"),
+        ("encoder_lr_decay", 0.0, r"ERCConfig.encoder_lr_decay must be a number in \(0, 1\], got 0.0"),
+        ("encoder_lr_decay", 1.5, r"ERCConfig.encoder_lr_decay must be a number in \(0, 1\], got 1.5"),
+        ("encoder_lr_decay", True, r"ERCConfig.encoder_lr_decay must be a number in \(0, 1\], got True"),
         ("context_turns", -1, r"ERCConfig.context_turns must be an int >= 0, got -1"),
         ("context_turns", 2, r"ERCConfig.context_turns needs a transformer encoder .* got encoder 'words'"),
         ("encoder_layers", (2, 4), r"ERCConfig.encoder_layers needs a transformer encoder .* got encoder 'words'"),
@@ -175,6 +178,28 @@ def test_finetuning_trains_the_encoder_with_its_own_learning_rate():
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert "encoder.backbone.embeddings.word_embeddings.weight" in changed
     assert "classifier.weight" in changed
+
+
+def test_layerwise_decay_gives_each_depth_of_the_encoder_its_own_rate():
+    model = _model(encoder="minilm", finetune=True, encoder_lr=4e-5, encoder_lr_decay=0.5)
+    groups = model.param_groups(1e-2)
+    L = model.encoder.backbone.config.num_hidden_layers
+    assert [(g["name"], g["lr"]) for g in groups] == [("head", 1e-2)] + [
+        (f"encoder.depth{k}", 4e-5 * 0.5 ** (L - k)) for k in range(L + 1)]
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())  # every parameter, once
+    names = {id(p): name for name, p in model.encoder.backbone.named_parameters()}
+    assert {names[id(p)].split(".")[0] for p in groups[1]["params"]} == {"embeddings"}
+    for k in range(1, L + 1):
+        assert {names[id(p)].split(".")[2] for p in groups[k + 1]["params"]} == {str(k - 1)}  # encoder.layer.{k-1}
+
+
+def test_layerwise_decay_refuses_a_backbone_whose_layers_it_cannot_tell_apart():
+    model = _model(encoder="minilm", finetune=True, encoder_lr_decay=0.8)
+    L = model.encoder.backbone.config.num_hidden_layers
+    model.encoder.backbone.adapters = torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(L))
+    with pytest.raises(ValueError, match=rf"cannot tell its {L} transformer layers apart \(2 lists of {L} modules\)"):
+        model.param_groups(1e-3)
 
 
 def test_a_frozen_transformer_stays_frozen(tmp_path):

@@ -51,7 +51,7 @@ _RESUMABLE = ("epochs", "device", "quiet")
 
 _MODEL_FLAGS = ("encoder", "embedding_dim", "encoder_hidden", "context_hidden", "speaker_hidden", "num_layers",
                 "dropout", "min_freq", "max_tokens", "cache_dir", "finetune", "speaker_in_text",
-                "context_turns", "encoder_layers", "encoder_lr")
+                "context_turns", "encoder_layers", "encoder_lr", "encoder_lr_decay")
 _TRAINER_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "seed", "device", "warmup", "schedule",
                   "token_budget", "class_weighting", "label_smoothing")
 
@@ -111,6 +111,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        "pooled (0 the embeddings, -1 the last; default: the model's own sentence vector)")
     model.add_argument("--encoder-lr", type=float, metavar="FLOAT",
                        help=f"learning rate of the fine-tuned encoder (default: {_default(ERCConfig, 'encoder_lr')})")
+    model.add_argument("--encoder-lr-decay", type=float, metavar="FLOAT",
+                       help="layer-wise decay of the encoder's learning rate: each layer below the top trains at "
+                       "this times the rate of the one above, the embeddings last "
+                       f"(default: {_default(ERCConfig, 'encoder_lr_decay')}, one rate)")
     model.add_argument("--no-context", dest="use_context", action="store_false",
                        help="drop the dialogue-context BiLSTM")
     model.add_argument("--no-speaker", dest="use_speaker", action="store_false",

@@ -65,6 +65,10 @@ class ERCConfig:
         the layers, negative from the end; see :mod:`rnnkit.erc.pretrained`).
     encoder_lr: learning rate of the fine-tuned encoder (the rest trains at ``TrainerConfig.lr``); BERT-like
         encoders fine-tune at 1e-5..5e-5 (Devlin et al. 2019, sec. A.3), far below a fresh RNN's rate.
+    encoder_lr_decay: layer-wise decay of that rate, in (0, 1]: the top transformer layer trains at
+        ``encoder_lr``, each layer below at ``encoder_lr_decay`` times the rate of the one above, the
+        embeddings below the first layer likewise (Clark et al. 2020, ELECTRA, use 0.8). Lower layers hold
+        the more general features, which a small dataset should move least. 1.0: one rate for all.
     """
 
     num_labels: int
@@ -85,6 +89,7 @@ class ERCConfig:
     context_turns: int = 0
     encoder_layers: tuple[int, ...] | None = None
     encoder_lr: float = 2e-5
+    encoder_lr_decay: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("num_labels", "embedding_dim", "encoder_hidden", "context_hidden", "speaker_hidden",
@@ -107,6 +112,9 @@ class ERCConfig:
         lr = self.encoder_lr
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"ERCConfig.encoder_lr must be a finite number > 0, got {lr!r}")
+        decay = self.encoder_lr_decay
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
+            raise ValueError(f"ERCConfig.encoder_lr_decay must be a number in (0, 1], got {decay!r}")
         if self.cache_dir is not None and not isinstance(self.cache_dir, str):
             raise ValueError(f"ERCConfig.cache_dir must be None or a path string, got {self.cache_dir!r}")
         self._check_encoder()
@@ -230,7 +238,9 @@ class ERCModel(nn.Module):
         return self.classifier(self.dropout(torch.cat(parts, dim=-1)))  # (B, U, L)
 
     def param_groups(self, lr: float) -> list[dict]:
-        """Optimizer parameter groups: ``"head"`` at ``lr`` and, when fine-tuning, ``"encoder"`` at ``encoder_lr``.
+        """Optimizer parameter groups: ``"head"`` at ``lr`` and, when fine-tuning, the encoder at ``encoder_lr``:
+        one ``"encoder"`` group, or with ``encoder_lr_decay`` < 1 one ``"encoder.depth{k}"`` group per depth of
+        the transformer (0 the embeddings, L the top layer) at ``encoder_lr * encoder_lr_decay ** (L - k)``.
 
         The RNNs and the classifier start from random weights and need a large rate; a pretrained
         encoder at that rate would forget what it knows within a few steps.
@@ -240,5 +250,11 @@ class ERCModel(nn.Module):
         encoder = list(self.encoder.parameters())
         ids = {id(p) for p in encoder}
         head = [p for p in self.parameters() if id(p) not in ids]
-        return [{"name": "head", "params": head, "lr": lr},
-                {"name": "encoder", "params": encoder, "lr": self.config.encoder_lr}]
+        groups = [{"name": "head", "params": head, "lr": lr}]
+        top, decay = self.config.encoder_lr, self.config.encoder_lr_decay
+        if decay == 1:
+            return groups + [{"name": "encoder", "params": encoder, "lr": top}]
+        depths = self.encoder.layer_depths()
+        L = max(depths)
+        return groups + [{"name": f"encoder.depth{k}", "params": params, "lr": top * decay ** (L - k)}
+                         for k, params in sorted(depths.items())]

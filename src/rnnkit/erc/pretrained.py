@@ -266,6 +266,29 @@ class TrainableTransformerEncoder(UtteranceEncoder):
             # Mean pooling never reads the [CLS] pooler: it would get no gradient, which DDP rejects.
             self.backbone.pooler = None
 
+    def layer_depths(self) -> dict[int, list[nn.Parameter]]:
+        """The backbone's parameters by depth: 0 the embeddings, k the k-th of its L transformer layers, L
+        anything else (what sits on top of the layers).
+
+        The layers are the backbone's ``nn.ModuleList`` of ``config.num_hidden_layers`` modules, which every
+        Hugging Face encoder has (``encoder.layer`` in BERT, ``transformer.layer`` in DistilBERT, ...); the
+        embeddings are the parameters outside it whose name says ``embed``.
+        """
+        L = self.backbone.config.num_hidden_layers
+        stacks = [name for name, m in self.backbone.named_modules() if isinstance(m, nn.ModuleList) and len(m) == L]
+        if len(stacks) != 1:
+            raise ValueError(f"encoder {self.model_name!r}: cannot tell its {L} transformer layers apart "
+                             f"({len(stacks)} lists of {L} modules); use encoder_lr_decay = 1")
+        prefix = stacks[0] + "."
+        depths: dict[int, list[nn.Parameter]] = {}
+        for name, p in self.backbone.named_parameters():
+            if name.startswith(prefix):
+                k = int(name[len(prefix) :].split(".", 1)[0]) + 1
+            else:
+                k = 0 if "embed" in name else L
+            depths.setdefault(k, []).append(p)
+        return depths
+
     def num_tokens(self, dialogue):
         enc, _ = _tokenize(self.tokenizer, self.max_length, *self.readings([dialogue]))
         return sum(map(len, enc["input_ids"]))
