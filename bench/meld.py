@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 VARIANTS = {"full": [], "no_context": ["--no-context"], "no_speaker": ["--no-speaker"]}
@@ -117,7 +118,7 @@ def ensemble_metrics(args, variant: str, group: list[int]) -> dict:
     return json.loads(out.read_text())
 
 
-def table_row(name: str, metrics: list[dict], timing: list[dict] | None = None) -> str:
+def table_row(name: str, metrics: Sequence[dict], timing: Sequence[dict] | None = None) -> str:
     """A markdown row of dev / test weighted F1, test macro F1 and accuracy (mean ± std over ``metrics``), and,
     for single runs, the best epoch, wall seconds per epoch and per run, and the peak RSS."""
     scores = (("dev", "weighted_f1"), ("test", "weighted_f1"), ("test", "accuracy"))
@@ -169,7 +170,8 @@ def main() -> None:
     results = train_all(args, runs)
     rows = []
     for variant in args.variants:
-        rows.append(table_row(variant, *zip(*(results[variant, seed] for seed in args.seeds))))
+        metrics, timing = zip(*(results[variant, seed] for seed in args.seeds))
+        rows.append(table_row(variant, metrics, timing))
         if args.ensemble:
             groups = [args.seeds[i : i + args.ensemble] for i in range(0, len(args.seeds), args.ensemble)]
             rows.append(table_row(f"{variant}, {len(groups)} ensembles of {args.ensemble} seeds",
