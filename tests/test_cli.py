@@ -20,6 +20,7 @@ from rnnkit.cli import main
 from rnnkit.cli._rundir import class_weights, erc_loss
 from rnnkit.erc.corpus import builtin_corpus
 from rnnkit.erc.data import Dialogue, Utterance, write_jsonl
+from rnnkit.erc.losses import supervised_contrastive
 from rnnkit.erc.model import ERCConfig
 from rnnkit.erc.training import TrainerConfig
 
@@ -242,13 +243,13 @@ def test_a_finetuned_run_reloads_its_encoder_and_reproduces_its_metrics(tmp_path
                  "--encoder-lr", "1e-3", "--warmup", "0.5", "--schedule", "linear", "--token-budget", "12",
                  "--epochs", "1", "--batch-size", "2", "--context-hidden", "4", "--speaker-hidden", "4",
                  "--context-turns", "1", "--class-weighting", "0.5", "--encoder-layers", "3,-1",
-                 "--label-smoothing", "0.1", "--encoder-lr-decay", "0.9", "--quiet"]) == 0
+                 "--label-smoothing", "0.1", "--encoder-lr-decay", "0.9", "--contrastive", "0.2", "--quiet"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["finetune"] and config["model"]["encoder_lr"] == 1e-3
     assert config["model"]["encoder_lr_decay"] == 0.9
     assert config["model"]["encoder_layers"] == [3, -1]
     assert config["model"]["context_turns"] == 1 and config["trainer"]["class_weighting"] == 0.5
-    assert config["trainer"]["label_smoothing"] == 0.1
+    assert config["trainer"]["label_smoothing"] == 0.1 and config["trainer"]["contrastive"] == 0.2
     assert (config["trainer"]["warmup"], config["trainer"]["schedule"], config["trainer"]["token_budget"]) == \
         (0.5, "linear", 12)
     weights = load_file(out / "model.safetensors")
@@ -295,6 +296,21 @@ def test_label_smoothing_mixes_the_uniform_distribution_into_the_targets():
     targets = 0.9 * torch.nn.functional.one_hot(labels[labels >= 0], 4) + 0.1 / 4  # (4, L)
     expected = -(targets * log_p).sum(-1).mean()
     torch.testing.assert_close(erc_loss(lambda b: logits, batch, label_smoothing=0.1), expected)
+
+
+def test_contrastive_weight_adds_the_supervised_contrastive_loss_of_the_labeled_utterances():
+    torch.manual_seed(0)
+    logits, fused = torch.randn(2, 3, 4), torch.randn(2, 3, 5)  # (B, U, L), (B, U, F)
+    labels = torch.tensor([[0, 3, -100], [0, 3, -100]])
+    batch = SimpleNamespace(labels=labels)
+
+    def model(b, features=False):
+        return (logits, fused) if features else logits
+
+    keep = labels.reshape(6) >= 0
+    expected = erc_loss(model, batch) + 0.5 * supervised_contrastive(fused.reshape(6, 5)[keep], labels[labels >= 0])
+    torch.testing.assert_close(erc_loss(model, batch, contrastive=0.5), expected)
+    assert not torch.allclose(erc_loss(model, batch, contrastive=0.5), erc_loss(model, batch))
 
 
 def test_torchrun_two_processes(tmp_path):

@@ -154,6 +154,8 @@ def test_empty_training_set_raises():
         ({"token_budget": 0}, "TrainerConfig.token_budget must be None or an integer >= 1, got 0"),
         ({"class_weighting": -0.5}, "TrainerConfig.class_weighting must be a number in [0, 2], got -0.5"),
         ({"label_smoothing": 1.0}, "TrainerConfig.label_smoothing must be a number in [0, 1), got 1.0"),
+        ({"contrastive": -0.1}, "TrainerConfig.contrastive must be a finite number >= 0, got -0.1"),
+        ({"contrastive": float("inf")}, "TrainerConfig.contrastive must be a finite number >= 0, got inf"),
     ],
 )
 def test_trainer_config_validation(kwargs, message):

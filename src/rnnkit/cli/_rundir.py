@@ -32,6 +32,7 @@ from rnnkit._io import atomic_write_bytes, load_weights
 from rnnkit.cli._errors import CLIError
 from rnnkit.erc.data import DataError, Dialogue, detect_format, metric_name, neutral_label, read_split
 from rnnkit.erc.encoders import UtteranceEncoder, load_encoder
+from rnnkit.erc.losses import supervised_contrastive
 from rnnkit.erc.metrics import compute_metrics
 from rnnkit.erc.model import IGNORE_INDEX, ERCConfig, ERCModel, collate_dialogues
 from rnnkit.erc.training import WEIGHTS_FILE
@@ -136,20 +137,28 @@ def check_labels(dialogues: list[Dialogue], labels: list[str], source: str) -> N
 
 
 def erc_loss(model: nn.Module, batch, weights: torch.Tensor | None = None,
-             label_smoothing: float = 0.0) -> torch.Tensor:
+             label_smoothing: float = 0.0, contrastive: float = 0.0) -> torch.Tensor:
     """Cross-entropy averaged over the labeled utterances of the batch (0 when there are none); with class
     ``weights`` (L,), the weighted mean (each utterance's term times the weight of its label, over their sum);
-    ``label_smoothing`` as in torch's ``cross_entropy``."""
-    logits = model(batch)  # (B, U, L)
+    ``label_smoothing`` as in torch's ``cross_entropy``. With ``contrastive`` > 0, plus that times the
+    supervised contrastive loss of the labeled utterances' fused vectors (``ERCModel.forward(features=True)``)."""
+    if contrastive:
+        logits, fused = model(batch, features=True)  # (B, U, L), (B, U, F)
+    else:
+        logits = model(batch)  # (B, U, L)
     labels = batch.labels.reshape(-1)  # (B*U,)
     if weights is not None:
         weights = weights.to(logits.device)
     total = nn.functional.cross_entropy(logits.reshape(labels.numel(), -1), labels, weight=weights,
                                         ignore_index=IGNORE_INDEX, reduction="sum", label_smoothing=label_smoothing)
-    labeled = labels[labels.ne(IGNORE_INDEX)]  # (N,)
+    keep = labels.ne(IGNORE_INDEX)  # (B*U,)
+    labeled = labels[keep]  # (N,)
     if not labeled.numel():
         return total  # 0, still attached to the graph
-    return total / (labeled.numel() if weights is None else weights[labeled].sum())
+    loss = total / (labeled.numel() if weights is None else weights[labeled].sum())
+    if contrastive:
+        loss = loss + contrastive * supervised_contrastive(fused.reshape(labels.numel(), -1)[keep], labeled)
+    return loss
 
 
 def class_weights(dialogues: list[Dialogue], labels: list[str], power: float) -> torch.Tensor | None:

@@ -53,7 +53,7 @@ _MODEL_FLAGS = ("encoder", "embedding_dim", "encoder_hidden", "context_hidden", 
                 "dropout", "min_freq", "max_tokens", "cache_dir", "finetune", "speaker_in_text",
                 "context_turns", "encoder_layers", "encoder_lr", "encoder_lr_decay")
 _TRAINER_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "seed", "device", "warmup", "schedule",
-                  "token_budget", "class_weighting", "label_smoothing")
+                  "token_budget", "class_weighting", "label_smoothing", "contrastive")
 
 EXAMPLES = """examples:
   rnnkit train --ablation --out runs/builtin            # built-in corpus: full / no_context / no_speaker
@@ -138,6 +138,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     optim.add_argument("--label-smoothing", type=float, metavar="FLOAT",
                        help="mix this much of the uniform distribution into each target label "
                        f"(default: {_default(TrainerConfig, 'label_smoothing')})")
+    optim.add_argument("--contrastive", type=float, metavar="WEIGHT",
+                       help="add WEIGHT times a supervised contrastive loss on the fused utterance vectors "
+                       f"(default: {_default(TrainerConfig, 'contrastive')}, none)")
     optim.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     optim.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
@@ -301,7 +304,8 @@ def _train_one(plan: _Plan, data: _Data, info: DistInfo) -> dict:
 
     weights = class_weights(data.splits["train"], data.labels, trainer_config.class_weighting)  # (L,) or None
     trainer = Trainer(model, data.splits["train"], lambda items: collate_dialogues(items, encoder, label_index),
-                      functools.partial(erc_loss, weights=weights, label_smoothing=trainer_config.label_smoothing),
+                      functools.partial(erc_loss, weights=weights, label_smoothing=trainer_config.label_smoothing,
+                                        contrastive=trainer_config.contrastive),
                       evaluate, monitor, trainer_config, plan.directory,
                       param_groups=model.param_groups(trainer_config.lr), item_size=encoder.num_tokens)
     result = trainer.fit(resume=resume)

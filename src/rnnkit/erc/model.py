@@ -210,7 +210,8 @@ class ERCModel(nn.Module):
     """Utterance encoder -> [speaker fusion ; dialogue context] -> dropout -> linear, per utterance.
 
     ``forward(batch)`` returns logits (B, U, num_labels); rows at padding positions are
-    meaningless and carry the label ``IGNORE_INDEX``.
+    meaningless and carry the label ``IGNORE_INDEX``. ``forward(batch, features=True)`` returns
+    ``(logits, fused)``, ``fused`` (B, U, F) the vectors the classifier reads (before its dropout).
     """
 
     def __init__(self, config: ERCConfig, encoder: UtteranceEncoder) -> None:
@@ -225,17 +226,20 @@ class ERCModel(nn.Module):
         width = D + (2 * config.context_hidden if config.use_context else 0)
         self.classifier = nn.Linear(width, config.num_labels)
 
-    def forward(self, batch: DialogueBatch) -> torch.Tensor:
-        return self.classify(self.encoder(batch.inputs), batch)
+    def forward(self, batch: DialogueBatch, features: bool = False):
+        return self.classify(self.encoder(batch.inputs), batch, features)
 
-    def classify(self, utterances: torch.Tensor, batch: DialogueBatch) -> torch.Tensor:
-        """Logits (B, U, L) from the encoder's utterance vectors (B, U, D): everything after the encoder."""
+    def classify(self, utterances: torch.Tensor, batch: DialogueBatch, features: bool = False):
+        """Logits (B, U, L) from the encoder's utterance vectors (B, U, D): everything after the encoder
+        (with ``features``, also the fused vectors, as in :meth:`forward`)."""
         x = self.dropout(utterances)  # (B, U, D)
         parts = [x if self.fusion is None else self.fusion(x, batch.speakers, batch.lengths)]  # (B, U, D)
         if self.context is not None:
             context, _ = self.context(x, lengths=batch.lengths)  # (B, U, 2H)
             parts.append(context)
-        return self.classifier(self.dropout(torch.cat(parts, dim=-1)))  # (B, U, L)
+        fused = torch.cat(parts, dim=-1)  # (B, U, F)
+        logits = self.classifier(self.dropout(fused))  # (B, U, L)
+        return (logits, fused) if features else logits
 
     def param_groups(self, lr: float) -> list[dict]:
         """Optimizer parameter groups: ``"head"`` at ``lr`` and, when fine-tuning, the encoder at ``encoder_lr``:

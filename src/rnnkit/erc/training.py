@@ -98,6 +98,9 @@ class TrainerConfig:
     label_smoothing: the ERC loss's target mixes the true label with this much of the uniform distribution
         (torch's ``cross_entropy(label_smoothing=...)``, Szegedy et al. 2016, sec. 7); read like
         ``class_weighting``.
+    contrastive: weight of a supervised contrastive term (Khosla et al. 2020, temperature 0.1) on the
+        fused utterance vectors of each batch, added to the ERC loss (``rnnkit.erc.losses``); 0 none. Read
+        like ``class_weighting``.
 
     The defaults train the ERC ablation trio on the built-in corpus in about two minutes on two CPU cores.
     """
@@ -115,6 +118,7 @@ class TrainerConfig:
     token_budget: int | None = None
     class_weighting: float = 0.0
     label_smoothing: float = 0.0
+    contrastive: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -140,6 +144,9 @@ class TrainerConfig:
         smoothing = self.label_smoothing
         if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
             raise ValueError(f"TrainerConfig.label_smoothing must be a number in [0, 1), got {smoothing!r}")
+        weight = self.contrastive
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"TrainerConfig.contrastive must be a finite number >= 0, got {weight!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"TrainerConfig.seed must be an integer >= 0, got {self.seed!r}")
         if self.device != "auto":
