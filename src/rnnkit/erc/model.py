@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rnnkit._checks import check_number
 from rnnkit.erc.data import DataError, Dialogue
 from rnnkit.erc.encoders import UtteranceEncoder
 from rnnkit.erc.fusion import SpeakerHistoryFusion
@@ -104,17 +105,13 @@ class ERCConfig:
                     or any(isinstance(k, bool) or not isinstance(k, int) for k in layers)):
                 raise ValueError(f"ERCConfig.encoder_layers must be None or a non-empty list of ints, got {layers!r}")
             self.encoder_layers = tuple(layers)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"ERCConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
+        check_number("ERCConfig", "dropout", self.dropout, lambda p: 0 <= p < 1, "a number in [0, 1)")
         for name in ("use_context", "use_speaker", "finetune", "speaker_in_text"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ERCConfig.{name} must be True or False, got {getattr(self, name)!r}")
-        lr = self.encoder_lr
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-            raise ValueError(f"ERCConfig.encoder_lr must be a finite number > 0, got {lr!r}")
-        decay = self.encoder_lr_decay
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
-            raise ValueError(f"ERCConfig.encoder_lr_decay must be a number in (0, 1], got {decay!r}")
+        check_number("ERCConfig", "encoder_lr", self.encoder_lr, lambda lr: math.isfinite(lr) and lr > 0,
+                     "a finite number > 0")
+        check_number("ERCConfig", "encoder_lr_decay", self.encoder_lr_decay, lambda d: 0 < d <= 1, "a number in (0, 1]")
         if self.cache_dir is not None and not isinstance(self.cache_dir, str):
             raise ValueError(f"ERCConfig.cache_dir must be None or a path string, got {self.cache_dir!r}")
         self._check_encoder()

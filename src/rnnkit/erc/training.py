@@ -54,6 +54,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from rnnkit._checks import check_number
 from rnnkit._io import atomic_write_bytes, load_weights, save_weights
 from rnnkit.batching import budget_batches
 from rnnkit.erc.distributed import dist_info, rng_state, seed_everything, set_rng_state
@@ -131,22 +132,19 @@ class TrainerConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"TrainerConfig.{name} must be a finite number >= 0, got {value!r}")
-        if not (isinstance(self.warmup, (int, float)) and not isinstance(self.warmup, bool) and 0 <= self.warmup < 1):
-            raise ValueError(f"TrainerConfig.warmup must be a fraction of the training steps in [0, 1), got {self.warmup!r}")
+        check_number("TrainerConfig", "warmup", self.warmup, lambda w: 0 <= w < 1,
+                     "a fraction of the training steps in [0, 1)")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"TrainerConfig.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         budget = self.token_budget
         if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
             raise ValueError(f"TrainerConfig.token_budget must be None or an integer >= 1, got {budget!r}")
-        power = self.class_weighting
-        if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0 <= power <= 2:
-            raise ValueError(f"TrainerConfig.class_weighting must be a number in [0, 2], got {power!r}")
-        smoothing = self.label_smoothing
-        if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
-            raise ValueError(f"TrainerConfig.label_smoothing must be a number in [0, 1), got {smoothing!r}")
-        weight = self.contrastive
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight >= 0):
-            raise ValueError(f"TrainerConfig.contrastive must be a finite number >= 0, got {weight!r}")
+        check_number("TrainerConfig", "class_weighting", self.class_weighting, lambda p: 0 <= p <= 2,
+                     "a number in [0, 2]")
+        check_number("TrainerConfig", "label_smoothing", self.label_smoothing, lambda e: 0 <= e < 1,
+                     "a number in [0, 1)")
+        check_number("TrainerConfig", "contrastive", self.contrastive, lambda w: math.isfinite(w) and w >= 0,
+                     "a finite number >= 0")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"TrainerConfig.seed must be an integer >= 0, got {self.seed!r}")
         if self.device != "auto":
