@@ -38,12 +38,13 @@ VARIANTS = {"full": [], "no_context": ["--no-context"], "no_speaker": ["--no-spe
 # rnnkit train flags per mode (bench flag name = rnnkit flag name), chosen on dev.
 PRESETS = {
     "frozen": {"epochs": 10, "lr": 3e-3, "dropout": 0.3, "batch_size": 16, "weight_decay": 0.01,
-               "context_hidden": 128, "speaker_hidden": 128, "context_turns": 0, "encoder_layers": "1,2,3,4,5"},
+               "context_hidden": 128, "speaker_hidden": 128, "context_turns": 0, "encoder_layers": "1,2,3,4,5",
+               "ema": 0.0},
     "finetune": {"epochs": 5, "lr": 1e-3, "encoder_lr": 5e-5, "warmup": 0.1, "schedule": "linear",
                  "dropout": 0.3, "batch_size": 8, "token_budget": 2048, "weight_decay": 0.01,
                  "context_hidden": 128, "speaker_hidden": 128, "context_turns": 0,
                  "class_weighting": 0.5, "label_smoothing": 0.0, "encoder_lr_decay": 1.0,
-                 "contrastive": 0.0},
+                 "contrastive": 0.0, "ema": 0.0},
 }
 FLAGS = sorted({name for preset in PRESETS.values() for name in preset})  # any of them can be given in either mode
 SWITCHES = ("speaker_in_text",)  # flags without a value, off unless given

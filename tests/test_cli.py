@@ -243,13 +243,14 @@ def test_a_finetuned_run_reloads_its_encoder_and_reproduces_its_metrics(tmp_path
                  "--encoder-lr", "1e-3", "--warmup", "0.5", "--schedule", "linear", "--token-budget", "12",
                  "--epochs", "1", "--batch-size", "2", "--context-hidden", "4", "--speaker-hidden", "4",
                  "--context-turns", "1", "--class-weighting", "0.5", "--encoder-layers", "3,-1",
-                 "--label-smoothing", "0.1", "--encoder-lr-decay", "0.9", "--contrastive", "0.2", "--quiet"]) == 0
+                 "--label-smoothing", "0.1", "--encoder-lr-decay", "0.9", "--contrastive", "0.2", "--ema", "0.5", "--quiet"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["finetune"] and config["model"]["encoder_lr"] == 1e-3
     assert config["model"]["encoder_lr_decay"] == 0.9
     assert config["model"]["encoder_layers"] == [3, -1]
     assert config["model"]["context_turns"] == 1 and config["trainer"]["class_weighting"] == 0.5
     assert config["trainer"]["label_smoothing"] == 0.1 and config["trainer"]["contrastive"] == 0.2
+    assert config["trainer"]["ema"] == 0.5
     assert (config["trainer"]["warmup"], config["trainer"]["schedule"], config["trainer"]["token_budget"]) == \
         (0.5, "linear", 12)
     weights = load_file(out / "model.safetensors")

@@ -42,7 +42,7 @@ def _loss(model, batch):
     return nn.functional.cross_entropy(model(x), y)
 
 
-def _trainer(out_dir=None, epochs=3, seed=0, dev=None):
+def _trainer(out_dir=None, epochs=3, seed=0, dev=None, ema=0.0):
     dev = dev or _items(16, seed=8)
     x_dev, y_dev = _collate(dev)
 
@@ -50,7 +50,7 @@ def _trainer(out_dir=None, epochs=3, seed=0, dev=None):
         accuracy = (model(x_dev).argmax(-1) == y_dev).float().mean().item() * 100
         return {"accuracy": accuracy, "neg_loss": -_loss(model, (x_dev, y_dev)).item()}
 
-    config = TrainerConfig(epochs=epochs, batch_size=5, lr=1e-2, seed=seed, quiet=True)
+    config = TrainerConfig(epochs=epochs, batch_size=5, lr=1e-2, seed=seed, quiet=True, ema=ema)
     return Trainer(_model(), _items(), _collate, _loss, evaluate, "neg_loss", config, out_dir)
 
 
@@ -156,6 +156,7 @@ def test_empty_training_set_raises():
         ({"label_smoothing": 1.0}, "TrainerConfig.label_smoothing must be a number in [0, 1), got 1.0"),
         ({"contrastive": -0.1}, "TrainerConfig.contrastive must be a finite number >= 0, got -0.1"),
         ({"contrastive": float("inf")}, "TrainerConfig.contrastive must be a finite number >= 0, got inf"),
+        ({"ema": 1.0}, "TrainerConfig.ema must be a number in [0, 1), got 1.0"),
     ],
 )
 def test_trainer_config_validation(kwargs, message):
@@ -175,6 +176,52 @@ def test_resume_from_a_damaged_checkpoint_raises(tmp_path):
     _trainer(tmp_path, epochs=2).fit()
     (tmp_path / CHECKPOINT_DIR / STATE_FILE).write_bytes(b"\x00 not a checkpoint")
     with pytest.raises(CheckpointError, match="damaged checkpoint"):
+        _trainer(tmp_path, epochs=3).fit(resume=True)
+
+
+# -- moving average of the weights --------------------------------------------------------------------------
+
+
+def test_ema_scores_and_keeps_the_moving_average_of_the_trained_weights(tmp_path):
+    trainer = _trainer(tmp_path, epochs=1, ema=0.6)
+    seen = []  # the trained weights before each step, i.e. after the step before it
+
+    def loss_fn(model, batch):
+        seen.append([p.detach().clone() for p in model.parameters()])
+        return _loss(model, batch)
+
+    trainer.loss_fn = loss_fn
+    result = trainer.fit()
+    last = _model()
+    load_weights(last, tmp_path / CHECKPOINT_DIR / "epoch-1.safetensors")
+    after_steps = seen[1:] + [[p.detach() for p in last.parameters()]]
+    expected = after_steps[0]  # the average starts at the first step's weights
+    for weights in after_steps[1:]:
+        expected = [0.6 * a + 0.4 * w for a, w in zip(expected, weights)]
+    kept = _model()
+    load_weights(kept, tmp_path / WEIGHTS_FILE)
+    for got, want in zip(kept.parameters(), expected):
+        torch.testing.assert_close(got.detach(), want)
+    assert not torch.allclose(next(kept.parameters()), next(last.parameters()))
+    # The best epoch's score is the average's, and the model left in memory is the average.
+    assert trainer.evaluate(trainer.model.eval())["neg_loss"] == pytest.approx(result.best_score, abs=1e-6)
+
+
+def test_ema_resume_matches_an_uninterrupted_run(tmp_path):
+    full = _trainer(tmp_path / "full", epochs=3, ema=0.8)
+    full_result = full.fit()
+    _trainer(tmp_path / "split", epochs=2, ema=0.8).fit()
+    resumed = _trainer(tmp_path / "split", epochs=3, ema=0.8)
+    assert resumed.fit(resume=True) == full_result
+    _assert_same_weights(resumed.model, full.model)
+    names = {p.name for p in (tmp_path / "full" / CHECKPOINT_DIR).iterdir()}
+    assert names == {STATE_FILE, "epoch-3.safetensors", "average-3.safetensors",
+                     f"average-{full_result.best_epoch}.safetensors"}
+
+
+def test_resume_with_another_ema_raises(tmp_path):
+    _trainer(tmp_path, epochs=2, ema=0.8).fit()
+    with pytest.raises(CheckpointError, match=r"written with ema=0\.8; resuming needs the same settings"):
         _trainer(tmp_path, epochs=3).fit(resume=True)
 
 

@@ -53,7 +53,7 @@ _MODEL_FLAGS = ("encoder", "embedding_dim", "encoder_hidden", "context_hidden", 
                 "dropout", "min_freq", "max_tokens", "cache_dir", "finetune", "speaker_in_text",
                 "context_turns", "encoder_layers", "encoder_lr", "encoder_lr_decay")
 _TRAINER_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "seed", "device", "warmup", "schedule",
-                  "token_budget", "class_weighting", "label_smoothing", "contrastive")
+                  "token_budget", "class_weighting", "label_smoothing", "contrastive", "ema")
 
 EXAMPLES = """examples:
   rnnkit train --ablation --out runs/builtin            # built-in corpus: full / no_context / no_speaker
@@ -141,6 +141,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     optim.add_argument("--contrastive", type=float, metavar="WEIGHT",
                        help="add WEIGHT times a supervised contrastive loss on the fused utterance vectors "
                        f"(default: {_default(TrainerConfig, 'contrastive')}, none)")
+    optim.add_argument("--ema", type=float, metavar="DECAY",
+                       help="evaluate and save an exponential moving average of the weights, updated after every "
+                       f"step with this decay, e.g. 0.99 (default: {_default(TrainerConfig, 'ema')}, none)")
     optim.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     optim.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
