@@ -39,7 +39,7 @@ VARIANTS = {"full": [], "no_context": ["--no-context"], "no_speaker": ["--no-spe
 PRESETS = {
     "frozen": {"epochs": 10, "lr": 3e-3, "dropout": 0.3, "batch_size": 16, "weight_decay": 0.01,
                "context_hidden": 128, "speaker_hidden": 128, "context_turns": 0, "encoder_layers": "1,2,3,4,5",
-               "ema": 0.0},
+               "class_weighting": 0.5, "ema": 0.98},
     "finetune": {"epochs": 5, "lr": 1e-3, "encoder_lr": 5e-5, "warmup": 0.1, "schedule": "linear",
                  "dropout": 0.3, "batch_size": 8, "token_budget": 2048, "weight_decay": 0.01,
                  "context_hidden": 128, "speaker_hidden": 128, "context_turns": 0,

@@ -57,7 +57,8 @@ _TRAINER_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "se
 
 EXAMPLES = """examples:
   rnnkit train --ablation --out runs/builtin            # built-in corpus: full / no_context / no_speaker
-  rnnkit train --data data/meld --encoder minilm --encoder-layers 1,2,3,4,5 --epochs 10 --out runs/meld
+  rnnkit train --data data/meld --encoder minilm --encoder-layers 1,2,3,4,5 --epochs 10 --class-weighting 0.5 \\
+      --ema 0.98 --out runs/meld
   rnnkit train --data data/meld --encoder minilm --finetune --encoder-lr 5e-5 --lr 1e-3 --warmup 0.1 \\
       --schedule linear --token-budget 2048 --class-weighting 0.5 --out runs/meld-ft   # train MiniLM too
   rnnkit train --data data/dd --format dailydialog --no-context --out runs/dd

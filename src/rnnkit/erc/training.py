@@ -25,7 +25,7 @@ file in the same directory, then ``os.replace``)::
     out_dir/model.safetensors                 weights of the best epoch so far (what inference loads)
     out_dir/checkpoint/epoch-K.safetensors    weights after epoch K (kept: the last and the best epoch)
     out_dir/checkpoint/average-K.safetensors  the moving average of the weights after epoch K (with ``ema``)
-    out_dir/checkpoint/trainer_state.pt       optimizer, RNG states, history; names the two weight files
+    out_dir/checkpoint/trainer_state.pt       optimizer, RNG states, history; names the weight files above
 
 ``trainer_state.pt`` is written last and is the commit point: a run interrupted between two writes
 resumes from the previous complete epoch.
