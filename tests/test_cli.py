@@ -318,7 +318,7 @@ def test_torchrun_two_processes(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "rnnkit.cli", "train", "--out", str(out), "--epochs", "1", *SMALL, "--device", "cpu"]
+           "-m", "rnnkit.cli", "train", "--out", str(out), "--epochs", "1", *SMALL, "--device", "cpu", "--ema", "0.9"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     for name in RUN_FILES:

@@ -219,6 +219,17 @@ def test_ema_resume_matches_an_uninterrupted_run(tmp_path):
                      f"average-{full_result.best_epoch}.safetensors"}
 
 
+def test_resume_of_a_checkpoint_older_than_a_setting_takes_its_default(tmp_path):
+    _trainer(tmp_path / "full", epochs=3).fit()
+    _trainer(tmp_path / "split", epochs=2).fit()
+    path = tmp_path / "split" / CHECKPOINT_DIR / STATE_FILE
+    state = torch.load(path, weights_only=True)
+    del state["config"]["ema"]
+    torch.save(state, path)
+    resumed = _trainer(tmp_path / "split", epochs=3)
+    assert resumed.fit(resume=True) == _trainer(tmp_path / "full", epochs=3).fit(resume=True)
+
+
 def test_resume_with_another_ema_raises(tmp_path):
     _trainer(tmp_path, epochs=2, ema=0.8).fit()
     with pytest.raises(CheckpointError, match=r"written with ema=0\.8; resuming needs the same settings"):

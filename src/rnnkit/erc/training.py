@@ -420,7 +420,8 @@ class Trainer:
             raise CheckpointError(
                 f"{state_path}: written by {len(state['rng'])} process(es), resumed with {self.ranks.world_size}"
             )
-        saved = {k: state["config"].get(k) for k in _REPLAY_FIELDS}
+        defaults = asdict(TrainerConfig())  # a field newer than the checkpoint had its default then
+        saved = {k: state["config"].get(k, defaults[k]) for k in _REPLAY_FIELDS}
         changed = [k for k in _REPLAY_FIELDS if saved[k] != getattr(self.config, k)]
         if changed:
             was = ", ".join(f"{k}={saved[k]!r}" for k in changed)
