@@ -147,6 +147,8 @@ def test_empty_training_set_raises():
         ({"batch_size": 2.5}, "TrainerConfig.batch_size must be an integer >= 1, got 2.5"),
         ({"lr": 0.0}, "TrainerConfig.lr must be a finite number > 0, got 0.0"),
         ({"grad_clip": -1.0}, "TrainerConfig.grad_clip must be a finite number >= 0, got -1.0"),
+        ({"weight_decay": float("nan")}, "TrainerConfig.weight_decay must be a finite number >= 0, got nan"),
+        ({"lr": True}, "TrainerConfig.lr must be a finite number > 0, got True"),
         ({"seed": -2}, "TrainerConfig.seed must be an integer >= 0, got -2"),
         ({"device": "toaster"}, "TrainerConfig.device must be 'auto' or a torch device"),
         ({"warmup": 1.0}, "TrainerConfig.warmup must be a fraction of the training steps in [0, 1), got 1.0"),

@@ -137,12 +137,10 @@ class TrainerConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"TrainerConfig.{name} must be an integer >= 1, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"TrainerConfig.lr must be a finite number > 0, got {self.lr!r}")
+        check_number("TrainerConfig", "lr", self.lr, lambda lr: math.isfinite(lr) and lr > 0, "a finite number > 0")
         for name in ("weight_decay", "grad_clip"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"TrainerConfig.{name} must be a finite number >= 0, got {value!r}")
+            check_number("TrainerConfig", name, getattr(self, name), lambda v: math.isfinite(v) and v >= 0,
+                         "a finite number >= 0")
         check_number("TrainerConfig", "warmup", self.warmup, lambda w: 0 <= w < 1,
                      "a fraction of the training steps in [0, 1)")
         if self.schedule not in SCHEDULES:
