@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _recurrence
+from . import _gemm, _recurrence
 
 __all__ = ["run_packed"]
 
@@ -33,10 +33,8 @@ def _stacked(weights: list[list[torch.Tensor]], has_biases: bool):
 
 def _project(x, w_ih, bias):
     """x (dirs, N, D) @ w_ih^T (dirs, D, G) [+ bias (dirs, G)] -> (dirs, N, G): every real step of every
-    direction in one batched matmul."""
-    if bias is None:
-        return torch.bmm(x, w_ih.transpose(1, 2))
-    return torch.baddbmm(bias[:, None], x, w_ih.transpose(1, 2))
+    direction in one product per direction (:func:`rnnkit._gemm.linear`)."""
+    return _gemm.linear(x, w_ih, bias)
 
 
 def _lstm(x, packing, state, weights, has_biases):

@@ -1,0 +1,67 @@
+"""The input projection of the ``"equations"`` backend, on the faster of torch's two CPU matrix multiplies.
+
+torch's CPU wheel multiplies float32 matrices through MKL in ``torch.mm``/``bmm``/``nn.Linear`` but through
+oneDNN, about twice as fast on this project's AVX-512 machines, in its fused ``nn.LSTM`` and in the linear op
+that its compiler emits for CPU code (``torch.ops.mkldnn._linear_pointwise``, a @ w^T; see BENCHMARKS.md).
+:func:`linear` computes a layer's input projection, x W_ih^T for every real step, with that op for the
+forward product and both gradients (for the weight gradient dY^T X oneDNN first copies the two operands
+into transposed layouts, and is still faster than MKL reading them in place). Other dtypes, other devices,
+and a torch build without the op use ``bmm``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+__all__ = ["linear"]
+
+
+def _onednn_linear():
+    """``torch.ops.mkldnn._linear_pointwise`` as f(a, w) = a @ w^T, or None where this torch lacks it or it
+    does not compute that product."""
+    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+    if op is None:
+        return None
+    f = functools.partial(op, B=None, attr="none", scalars=[], algorithm="")
+    a, w = torch.randn(3, 5), torch.randn(4, 5)
+    try:
+        ok = torch.allclose(f(a, w), a @ w.T, atol=1e-5)
+    except RuntimeError:  # a private op: its signature may change between torch releases
+        ok = False
+    return f if ok else None
+
+
+_ONEDNN = _onednn_linear()
+
+
+def _product(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """a (dirs, N, K) @ w^T for w (dirs, M, K): (dirs, N, M), through oneDNN where it can; either operand
+    may be a transposed view."""
+    if _ONEDNN is None or a.dtype != torch.float32 or a.device.type != "cpu" or a.numel() == 0 or w.numel() == 0:
+        return torch.bmm(a, w.transpose(1, 2))
+    out = [_ONEDNN(a[d], w[d]) for d in range(a.shape[0])]  # each (N, M)
+    return out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, bias):
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = bias is not None
+        out = _product(x, w)  # (dirs, N, M)
+        return out if bias is None else out.add_(bias[:, None])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        want_x, want_w, want_bias = ctx.needs_input_grad
+        dx = _product(dy, w.transpose(1, 2)) if want_x else None  # (dirs, N, K)
+        dw = _product(dy.transpose(1, 2), x.transpose(1, 2)) if want_w else None  # (dirs, M, K) = dy^T x
+        return dx, dw, dy.sum(1) if ctx.has_bias and want_bias else None
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (dirs, N, K) @ w^T for w (dirs, M, K), plus bias (dirs, M) if given: (dirs, N, M), differentiable."""
+    return _Linear.apply(x, w, bias)
