@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from torch.autograd.function import once_differentiable
 
 __all__ = ["linear"]
 
@@ -54,6 +55,7 @@ class _Linear(torch.autograd.Function):
         return out if bias is None else out.add_(bias[:, None])
 
     @staticmethod
+    @once_differentiable  # like the recurrences it feeds
     def backward(ctx, dy):
         x, w = ctx.saved_tensors
         want_x, want_w, want_bias = ctx.needs_input_grad
