@@ -4,9 +4,10 @@ The real steps of the batch are first put in packed order (:class:`rnnkit._packi
 sorted longest first, time-major, padding left out). The reverse direction of a bidirectional
 layer runs on each sequence read backwards from its own last element (not from the padding), and
 its output is put back in forward time. Both directions go through one computation with a leading
-direction dimension: the input projection :math:`W_{ih} x_t` of all real steps of both directions
-is one batched matmul (and one in the backward pass too, on no padding row), and only the
-recurrent part runs step by step, in :mod:`rnnkit._recurrence`, stepping both directions at once.
+direction dimension: the input projection :math:`W_{ih} x_t` of all real steps is one matrix product
+per direction (and so are its two gradients, on no padding row; :func:`rnnkit._gemm.linear`, which takes
+torch's faster oneDNN product for float32 on the CPU), and only the recurrent part runs step by step, in
+:mod:`rnnkit._recurrence`, stepping both directions at once.
 
 Shapes: dirs directions, T time steps, B sequences, N real steps (sum of lengths), D input features, H hidden
 units, H_out = proj_size or H.
