@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from rnnkit import LayerNormLSTMCell, _equations, _native
+from rnnkit import LayerNormLSTMCell, _equations, _gemm, _native
 from rnnkit._packing import Packing
 from rnnkit.layers import LSTM, LayerNormLSTM
 
@@ -49,24 +49,24 @@ def gemm_peak(n: int = 2048, repeats: int = 10, onednn: bool = False) -> float |
     """Best fp32 GFLOP/s of an (n x n) @ (n x n) matmul: the machine's practical peak.
 
     ``torch.mm`` runs the BLAS torch was built with (MKL in the PyPI CPU wheels), which is what
-    rnnkit's equations backend calls; with ``onednn`` the same product goes through oneDNN, the
-    library behind torch's fused CPU LSTM, by the private op torch's compiler uses (None where
-    this torch has no such op). On some CPUs the two differ by 2x, which is the gap between the
-    fused nn.LSTM and any recurrence written with ``torch.mm``. The fastest call, not the median:
-    a peak is what the machine reaches when left alone.
+    rnnkit's per-step products call; with ``onednn`` the same product goes through oneDNN, the
+    library behind torch's fused CPU LSTM, by the private op torch's compiler uses, as rnnkit's
+    input projections do (``rnnkit._gemm``; None where this torch has no such op). On some CPUs the
+    two differ by 2x, which is the gap between the fused nn.LSTM and any recurrence written with
+    ``torch.mm``. The fastest call, not the median: a peak is what the machine reaches when left alone.
     """
     a, b = torch.randn(n, n), torch.randn(n, n)
     if onednn:
-        try:
-            def product():
-                return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")  # a @ b^T
-            product()
-        except (AttributeError, RuntimeError):
+        linear = _gemm._onednn_linear()
+        if linear is None:
             return None
+
+        def product():
+            return linear(a, b)  # a @ b^T
     else:
         def product():
             return torch.mm(a, b)
-        product()
+    product()
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
