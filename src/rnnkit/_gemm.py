@@ -49,7 +49,6 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, bias):
         ctx.save_for_backward(x, w)
-        ctx.has_bias = bias is not None
         out = _product(x, w)  # (dirs, N, M)
         return out if bias is None else out.add_(bias[:, None])
 
@@ -60,7 +59,7 @@ class _Linear(torch.autograd.Function):
         want_x, want_w, want_bias = ctx.needs_input_grad
         dx = _product(dy, w.transpose(1, 2)) if want_x else None  # (dirs, N, K)
         dw = _product(dy.transpose(1, 2), x.transpose(1, 2)) if want_w else None  # (dirs, M, K) = dy^T x
-        return dx, dw, dy.sum(1) if ctx.has_bias and want_bias else None
+        return dx, dw, dy.sum(1) if want_bias else None  # want_bias is False without a bias
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
