@@ -1,4 +1,4 @@
-"""The input projection of the equations backend (oneDNN for float32 on the CPU) against torch.bmm."""
+"""The input projection of the equations backend (oneDNN for float32 on non-Intel CPUs) against torch.bmm."""
 
 from __future__ import annotations
 
@@ -10,23 +10,39 @@ from rnnkit import _gemm
 
 def _inputs(dirs, N, K, M, dtype, bias):
     g = torch.Generator().manual_seed(dirs * 100 + N)
-    x = torch.randn(dirs, N, K, generator=g, dtype=dtype, requires_grad=True)
+    x = torch.randn(N, K, generator=g, dtype=dtype, requires_grad=True)
     w = torch.randn(dirs, M, K, generator=g, dtype=dtype, requires_grad=True)
     b = torch.randn(dirs, M, generator=g, dtype=dtype, requires_grad=True) if bias else None
-    return x, w, b
+    reverse = torch.randperm(N, generator=g) if dirs == 2 else None
+    if reverse is not None:  # a permutation that is its own inverse: swap pairs of rows
+        pairs = reverse[: N // 2 * 2].view(-1, 2)
+        reverse = torch.arange(N)
+        reverse[pairs[:, 0]], reverse[pairs[:, 1]] = pairs[:, 1], pairs[:, 0]
+    return x, w, b, reverse
 
 
-def _reference(x, w, b):
-    out = torch.bmm(x, w.transpose(1, 2))
+def _reference(x, w, b, reverse):
+    """Each direction's rows read in its own order, then one bmm."""
+    rows = x[None] if reverse is None else torch.stack([x, x[reverse]])  # (dirs, N, K)
+    out = torch.bmm(rows, w.transpose(1, 2))
     return out if b is None else out + b[:, None]
+
+
+@pytest.fixture(params=["onednn", "mm"])
+def library(request, monkeypatch):
+    """Run the test with the projection on each of its two products (where this torch has oneDNN)."""
+    if request.param == "onednn" and _gemm._onednn_linear() is None:
+        pytest.skip("this torch build has no oneDNN linear op")
+    monkeypatch.setattr(_gemm, "_mkl_is_fast", lambda: request.param == "mm")
+    return request.param
 
 
 @pytest.mark.parametrize("dirs", [1, 2])
 @pytest.mark.parametrize("bias", [False, True])
-def test_float32_matches_bmm_with_gradients(dirs, bias):
-    x, w, b = _inputs(dirs, 37, 24, 40, torch.float32, bias)
-    out = _gemm.linear(x, w, b)
-    ref = _reference(x, w, b)
+def test_float32_matches_bmm_with_gradients(dirs, bias, library):
+    x, w, b, reverse = _inputs(dirs, 37, 24, 40, torch.float32, bias)
+    out = _gemm.project(x, w, b, reverse)
+    ref = _reference(x, w, b, reverse)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     dy = torch.randn_like(out)
     params = [p for p in (x, w, b) if p is not None]
@@ -36,17 +52,24 @@ def test_float32_matches_bmm_with_gradients(dirs, bias):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-4)
 
 
-def test_gradcheck_in_float64():
-    x, w, b = _inputs(2, 6, 5, 4, torch.float64, True)
-    assert torch.autograd.gradcheck(_gemm.linear, (x, w, b))
+@pytest.mark.parametrize("dirs", [1, 2])
+def test_gradcheck_in_float64(dirs):
+    x, w, b, reverse = _inputs(dirs, 7, 5, 4, torch.float64, True)
+    assert torch.autograd.gradcheck(lambda x, w, b: _gemm.project(x, w, b, reverse), (x, w, b))
 
 
 def test_only_the_needed_gradients_are_computed():
-    x, w, _ = _inputs(1, 5, 3, 4, torch.float32, False)
+    x, w, _, _ = _inputs(1, 5, 3, 4, torch.float32, False)
     x.requires_grad_(False)
-    out = _gemm.linear(x, w)
+    out = _gemm.project(x, w)
     out.sum().backward()
     assert x.grad is None and w.grad is not None
+
+
+def test_two_directions_need_the_reverse_order():
+    x, w, _, _ = _inputs(2, 5, 3, 4, torch.float32, False)
+    with pytest.raises(ValueError, match="two directions need the reverse direction's row order"):
+        _gemm.project(x, w)
 
 
 def test_importing_draws_no_random_numbers():
@@ -56,20 +79,39 @@ def test_importing_draws_no_random_numbers():
     expected = torch.rand(3)
     torch.manual_seed(0)
     importlib.reload(_gemm)
-    _gemm.linear(torch.ones(1, 2, 3), torch.ones(1, 4, 3))  # the first use checks the op
+    _gemm.project(torch.ones(2, 3), torch.ones(1, 4, 3))  # the first use checks the op
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_no_rows():
-    x, w, b = _inputs(2, 0, 5, 4, torch.float32, True)
-    out = _gemm.linear(x, w, b)
+def test_no_rows(library):
+    x, w, b, reverse = _inputs(2, 0, 5, 4, torch.float32, True)
+    out = _gemm.project(x, w, b, reverse)
     assert out.shape == (2, 0, 4)
     out.sum().backward()
     assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
 
 
+@pytest.mark.parametrize("vendor, mkl", [("GenuineIntel", True), ("AuthenticAMD", False), ("", False)])
+def test_mkl_is_taken_on_intel_cpus_only(vendor, mkl, monkeypatch):
+    monkeypatch.setattr(_gemm, "_cpu_vendor", lambda: vendor)
+    _gemm._mkl_is_fast.cache_clear()
+    try:
+        assert _gemm._mkl_is_fast() is mkl
+    finally:
+        _gemm._mkl_is_fast.cache_clear()
+
+
+def test_the_cpu_vendor_is_read_where_linux_tells_it():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            expected = next((line.split(":")[1].strip() for line in cpuinfo if line.startswith("vendor_id")), "")
+    except OSError:
+        expected = ""
+    assert _gemm._cpu_vendor() == expected
+
+
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
 def test_the_onednn_op_is_found_where_torch_has_onednn():
     # The op is private to torch: a release that renamed it or changed its arguments would silently cost the
-    # speed-up of BENCHMARKS.md, so a build with oneDNN must have it.
+    # speed-up of BENCHMARKS.md on non-Intel CPUs, so a build with oneDNN must have it.
     assert _gemm._onednn_linear() is not None

@@ -4,9 +4,9 @@ The real steps of the batch are first put in packed order (:class:`rnnkit._packi
 sorted longest first, time-major, padding left out). The reverse direction of a bidirectional
 layer runs on each sequence read backwards from its own last element (not from the padding), and
 its output is put back in forward time. Both directions go through one computation with a leading
-direction dimension: the input projection :math:`W_{ih} x_t` of all real steps is one matrix product
-per direction (and so are its two gradients, on no padding row; :func:`rnnkit._gemm.linear`, which takes
-torch's faster oneDNN product for float32 on the CPU), and only the recurrent part runs step by step, in
+direction dimension: the input projection :math:`W_{ih} x_t` of all real steps of both directions is one
+matrix product (and so is each of its two gradients, on no padding row; :func:`rnnkit._gemm.project`, which
+takes torch's faster oneDNN product for float32 on the CPU), and only the recurrent part runs step by step, in
 :mod:`rnnkit._recurrence`, stepping both directions at once.
 
 Shapes: dirs directions, T time steps, B sequences, N real steps (sum of lengths), D input features, H hidden
@@ -32,29 +32,31 @@ def _stacked(weights: list[list[torch.Tensor]], has_biases: bool):
     return w_ih, w_hh, b_ih, b_hh, stacked[4 if has_biases else 2 :]
 
 
-def _project(x, w_ih, bias):
-    """x (dirs, N, D) @ w_ih^T (dirs, D, G) [+ bias (dirs, G)] -> (dirs, N, G): every real step of every
-    direction in one product per direction (:func:`rnnkit._gemm.linear`)."""
-    return _gemm.linear(x, w_ih, bias)
+def _project(x, packing, w_ih, bias):
+    """x (N, D) @ w_ih[d]^T for w_ih (dirs, G, D) [+ bias (dirs, G)] -> (dirs, N, G), the reverse direction's
+    rows read backwards (:meth:`rnnkit._packing.Packing.reverse`): every real step of every direction in one
+    product (:func:`rnnkit._gemm.project`)."""
+    reverse = packing.reversal(x.device) if w_ih.shape[0] == 2 else None
+    return _gemm.project(x, w_ih, bias, reverse)
 
 
 def _lstm(x, packing, state, weights, has_biases):
     w_ih, w_hh, b_ih, b_hh, rest = _stacked(weights, has_biases)
     w_hr = rest[0] if rest else None
-    xg = _project(x, w_ih, b_ih + b_hh if has_biases else None)  # (dirs, N, 4H)
+    xg = _project(x, packing, w_ih, b_ih + b_hh if has_biases else None)  # (dirs, N, 4H)
     return _recurrence.packed_lstm(xg, packing, *state, w_hh, w_hr)
 
 
 def _gru(x, packing, state, weights, has_biases):
     w_ih, w_hh, b_ih, b_hh, _ = _stacked(weights, has_biases)
-    xg = _project(x, w_ih, b_ih)  # (dirs, N, 3H)
+    xg = _project(x, packing, w_ih, b_ih)  # (dirs, N, 3H)
     return _recurrence.packed_gru(xg, packing, *state, w_hh, b_hh)
 
 
 def _layernorm_lstm(x, packing, state, weights, has_biases):
     w_ih, w_hh, b_ih, b_hh, rest = _stacked(weights, has_biases)
     ln_ih_weight, ln_ih_bias, *ln_rest = rest  # ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias
-    projected = F.layer_norm(_project(x, w_ih, None), (w_ih.shape[1],))  # (dirs, N, 4H), normalised
+    projected = F.layer_norm(_project(x, packing, w_ih, None), (w_ih.shape[1],))  # (dirs, N, 4H), normalised
     shift = ln_ih_bias + (b_ih + b_hh) if has_biases else ln_ih_bias  # (dirs, 4H)
     xg = torch.addcmul(shift[:, None], projected, ln_ih_weight[:, None])  # LN_ih(x W_ih^T) + b_ih + b_hh
     return _recurrence.packed_layernorm_lstm(xg, packing, *state, w_hh, *ln_rest)
@@ -85,8 +87,6 @@ def run_packed(mode, x, packing, hx, weights, *, has_biases):
         raise ValueError(f"mode must be one of {sorted(_RECURRENCES)}, got {mode!r}")
     recurrence, dirs = _RECURRENCES[mode][0], len(weights)
     state = _zero_state(mode, x, weights[0][1], dirs, packing.B) if hx is None else hx
-    # The reverse direction reads each sequence backwards from its own last element.
-    x = x.unsqueeze(0) if dirs == 1 else torch.stack([x, packing.reverse(x)])  # (dirs, N, D)
     out, *finals = recurrence(x, packing, state, weights, has_biases)  # out (dirs, N, H_out)
     output = out[0] if dirs == 1 else torch.cat([out[0], packing.reverse(out[1])], -1)  # (N, dirs * H_out)
     return output, tuple(finals)  # each (dirs, B, ·)

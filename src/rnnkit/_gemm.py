@@ -1,12 +1,20 @@
 """The input projection of the ``"equations"`` backend, on the faster of torch's two CPU matrix multiplies.
 
 torch's CPU wheel multiplies float32 matrices through MKL in ``torch.mm``/``bmm``/``nn.Linear`` but through
-oneDNN, about twice as fast on this project's AVX-512 machines, in its fused ``nn.LSTM`` and in the linear op
-that its compiler emits for CPU code (``torch.ops.mkldnn._linear_pointwise``, a @ w^T; see BENCHMARKS.md).
-:func:`linear` computes a layer's input projection, x W_ih^T for every real step, with that op for the
-forward product and both gradients (for the weight gradient dY^T X oneDNN first copies the two operands
-into transposed layouts, and is still faster than MKL reading them in place). Other dtypes, other devices,
-and a torch build without the op use ``bmm``.
+oneDNN in its fused ``nn.LSTM`` and in the linear op that its compiler emits for CPU code
+(``torch.ops.mkldnn._linear_pointwise``, a @ w^T). MKL runs its AVX-512 kernels only on Intel processors; on
+an AVX-512 AMD EPYC it took AVX2 code and oneDNN was twice as fast, while on an AVX-512 Intel Xeon MKL was as
+fast or a little faster (see BENCHMARKS.md). :func:`project` computes a layer's input projection,
+x W_ih^T for every real step of every direction, and its two gradients, through oneDNN on CPUs of other
+vendors (for the weight gradient dY^T X oneDNN first copies the two operands into transposed layouts, and on
+the EPYC is still faster than MKL reading them in place), through ``torch.mm`` on Intel's, for other dtypes
+and devices, and where a torch build lacks the op.
+
+Both directions of a bidirectional layer share one product: the reverse direction reads the same steps in
+another order (each sequence backwards), and a row permutation commutes with the product, so
+x [W_0; W_1]^T is computed once, on rows in forward order, and only the reverse direction's half of the
+result is permuted. Its gradients are likewise one product each, over both directions' gate gradients
+side by side.
 """
 
 from __future__ import annotations
@@ -16,7 +24,25 @@ import functools
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["linear"]
+__all__ = ["project"]
+
+
+def _cpu_vendor() -> str:
+    """The CPU's vendor string ("GenuineIntel", "AuthenticAMD", ...) where Linux tells it, else ""."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return ""
+
+
+@functools.cache
+def _mkl_is_fast() -> bool:
+    """Whether MKL runs its fastest kernels here: on Intel CPUs only."""
+    return _cpu_vendor() == "GenuineIntel"
 
 
 @functools.cache
@@ -36,32 +62,53 @@ def _onednn_linear():
 
 
 def _product(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """a (dirs, N, K) @ w^T for w (dirs, M, K): (dirs, N, M), through oneDNN where it can; either operand
-    may be a transposed view."""
-    onednn = _onednn_linear() if a.dtype == torch.float32 and a.device.type == "cpu" else None
+    """a (N, K) @ w^T for w (M, K): (N, M), through oneDNN where it is the faster; either operand may be a
+    transposed view."""
+    cpu_float = a.dtype == torch.float32 and a.device.type == "cpu"
+    onednn = _onednn_linear() if cpu_float and not _mkl_is_fast() else None
     if onednn is None or a.numel() == 0 or w.numel() == 0:
-        return torch.bmm(a, w.transpose(1, 2))
-    out = [onednn(a[d], w[d]) for d in range(a.shape[0])]  # each (N, M)
-    return out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)
+        return a @ w.T
+    return onednn(a, w)
 
 
-class _Linear(torch.autograd.Function):
+class _Project(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, bias):
-        ctx.save_for_backward(x, w)
-        out = _product(x, w)  # (dirs, N, M)
-        return out if bias is None else out.add_(bias[:, None])
+    def forward(ctx, x, w, bias, reverse):
+        dirs, M, K = w.shape
+        ctx.save_for_backward(x, w, reverse)
+        y = _product(x, w.reshape(dirs * M, K))  # (N, dirs * M): every direction's gates, rows in forward order
+        if bias is not None:
+            y += bias.reshape(dirs * M)
+        if dirs == 1:
+            return y.unsqueeze(0)
+        out = y.new_empty(dirs, x.shape[0], M)
+        out[0] = y[:, :M]
+        torch.index_select(y[:, M:], 0, reverse, out=out[1])
+        return out  # (dirs, N, M)
 
     @staticmethod
     @once_differentiable  # like the recurrences it feeds
     def backward(ctx, dy):
-        x, w = ctx.saved_tensors
-        want_x, want_w, want_bias = ctx.needs_input_grad
-        dx = _product(dy, w.transpose(1, 2)) if want_x else None  # (dirs, N, K)
-        dw = _product(dy.transpose(1, 2), x.transpose(1, 2)) if want_w else None  # (dirs, M, K) = dy^T x
-        return dx, dw, dy.sum(1) if want_bias else None  # want_bias is False without a bias
+        x, w, reverse = ctx.saved_tensors
+        want_x, want_w, want_bias, _ = ctx.needs_input_grad
+        dirs, M, K = w.shape
+        if dirs == 1:
+            dy_rows = dy[0]  # (N, M)
+        else:  # both directions' gradients side by side, the reverse one put back in forward row order
+            dy_rows = torch.cat([dy[0], dy[1].index_select(0, reverse)], 1)  # (N, 2M)
+        dx = _product(dy_rows, w.reshape(dirs * M, K).T) if want_x else None  # (N, K), summed over directions
+        dw = _product(dy_rows.T, x.T).view(dirs, M, K) if want_w else None  # dy^T x per direction
+        return dx, dw, dy.sum(1) if want_bias else None, None  # want_bias is False without a bias
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x (dirs, N, K) @ w^T for w (dirs, M, K), plus bias (dirs, M) if given: (dirs, N, M), differentiable."""
-    return _Linear.apply(x, w, bias)
+def project(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
+            reverse: torch.Tensor | None = None) -> torch.Tensor:
+    """x (N, K) through each direction's w (dirs, M, K), plus bias (dirs, M) if given: (dirs, N, M), with
+    direction d's output ``x[rows] @ w[d]^T + bias[d]``; ``rows`` are all rows in order for direction 0 and
+    ``reverse`` (N,), a permutation that is its own inverse, for direction 1 (required when dirs = 2).
+    Differentiable in x, w and bias."""
+    if w.shape[0] == 2 and reverse is None:
+        raise ValueError("two directions need the reverse direction's row order")
+    if reverse is None:
+        reverse = torch.empty(0, dtype=torch.long, device=x.device)
+    return _Project.apply(x, w, bias, reverse)

@@ -61,6 +61,14 @@ class Packing:
             return y.view(self.T, self.B, *y.shape[1:])
         return y.new_zeros(self.T, self.B, *y.shape[1:]).index_put_((self._step, self._seq), y)
 
+    def reversal(self, device: torch.device) -> torch.Tensor:
+        """(N,) the rows that :meth:`reverse` reads: row j of the result is row ``reversal[j]`` of its input.
+        Its own inverse."""
+        if self.order is None:
+            steps = torch.arange(self.T - 1, -1, -1, device=device)[:, None]  # (T, 1), last step first
+            return (steps * self.B + torch.arange(self.B, device=device)).view(-1)
+        return self._flip
+
     def reverse(self, y: torch.Tensor) -> torch.Tensor:
         """(N, *) -> (N, *): packed row (t, b) gets step ``lengths[b] - 1 - t`` of sequence b, i.e. each
         sequence read backwards from its own last element, which is what the reverse direction of a

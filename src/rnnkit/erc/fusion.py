@@ -100,15 +100,13 @@ class SpeakerHistoryFusion(nn.Module):
         track, rank, turns = _tracks(speakers.to(utterances.device), real)  # (N,), (N,), (K,)
         num_tracks, T = turns.numel(), int(turns.max())
 
-        x = utterances[real]  # (N, D), dialogue-major, utterance order within each dialogue
         packing = Packing(turns, T, num_tracks)
-        row = packing.rows(rank, track)  # (N,) packed row of each utterance
-        history = self.rnn._run_packed(x[torch.argsort(row)], packing)[0][row]  # (N, dirs*H), utterance order
-        history = self.proj(history)  # (N, D)
-
-        flat = real.view(-1).nonzero().squeeze(1)  # (N,) positions in the (B*U) grid
-        fused = utterances.reshape(B * U, D).index_put((flat,), x + history)
-        return fused.view(B, U, D)
+        row = packing.rows(rank, track)  # (N,) packed row of each real utterance, in utterance order
+        flat = real.view(-1).nonzero().squeeze(1)  # (N,) positions of the real utterances in the (B*U) grid
+        position = flat[torch.argsort(row)]  # (N,) grid position of each packed row
+        grid = utterances.reshape(B * U, D)
+        history = self.rnn._run_packed(grid.index_select(0, position), packing)[0]  # (N, dirs*H), packed order
+        return grid.index_add(0, position, self.proj(history)).view(B, U, D)
 
     def _check(self, utterances: torch.Tensor, speakers: torch.Tensor) -> None:
         if not isinstance(utterances, torch.Tensor) or utterances.dim() != 3:
