@@ -2,9 +2,9 @@
 
 torch's CPU wheel multiplies float32 matrices through MKL in ``torch.mm``/``bmm``/``nn.Linear`` but through
 oneDNN in its fused ``nn.LSTM`` and in the linear op that its compiler emits for CPU code
-(``torch.ops.mkldnn._linear_pointwise``, a @ w^T). MKL runs its AVX-512 kernels only on Intel processors; on
-an AVX-512 AMD EPYC it took AVX2 code and oneDNN was twice as fast, while on an AVX-512 Intel Xeon MKL was as
-fast or a little faster (see BENCHMARKS.md). :func:`project` computes a layer's input projection,
+(``torch.ops.mkldnn._linear_pointwise``, a @ w^T). Which is faster depends on the vendor: MKL takes its
+AVX-512 code on Intel processors only. On an AVX-512 AMD EPYC it ran at the AVX2 rate and oneDNN was twice as
+fast; on an AVX-512 Intel Xeon MKL was as fast or a little faster (see BENCHMARKS.md). :func:`project` computes a layer's input projection,
 x W_ih^T for every real step of every direction, and its two gradients, through oneDNN on CPUs of other
 vendors (for the weight gradient dY^T X oneDNN first copies the two operands into transposed layouts, and on
 the EPYC is still faster than MKL reading them in place), through ``torch.mm`` on Intel's, for other dtypes
