@@ -6,7 +6,7 @@ layer runs on each sequence read backwards from its own last element (not from t
 its output is put back in forward time. Both directions go through one computation with a leading
 direction dimension: the input projection :math:`W_{ih} x_t` of all real steps of both directions is one
 matrix product (and so is each of its two gradients, on no padding row; :func:`rnnkit._gemm.project`, which
-takes torch's faster oneDNN product for float32 on the CPU), and only the recurrent part runs step by step, in
+takes the faster of torch's two CPU products for float32), and only the recurrent part runs step by step, in
 :mod:`rnnkit._recurrence`, stepping both directions at once.
 
 Shapes: dirs directions, T time steps, B sequences, N real steps (sum of lengths), D input features, H hidden
