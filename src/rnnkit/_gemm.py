@@ -3,12 +3,14 @@
 torch's CPU wheel multiplies float32 matrices through MKL in ``torch.mm``/``bmm``/``nn.Linear`` but through
 oneDNN in its fused ``nn.LSTM`` and in the linear op that its compiler emits for CPU code
 (``torch.ops.mkldnn._linear_pointwise``, a @ w^T). Which is faster depends on the vendor: MKL takes its
-AVX-512 code on Intel processors only. On an AVX-512 AMD EPYC it ran at the AVX2 rate and oneDNN was twice as
-fast; on an AVX-512 Intel Xeon MKL was as fast or a little faster (see BENCHMARKS.md). :func:`project` computes a layer's input projection,
-x W_ih^T for every real step of every direction, and its two gradients, through oneDNN on CPUs of other
-vendors (for the weight gradient dY^T X oneDNN first copies the two operands into transposed layouts, and on
-the EPYC is still faster than MKL reading them in place), through ``torch.mm`` on Intel's, for other dtypes
-and devices, and where a torch build lacks the op.
+AVX-512 code on Intel processors only. On an AVX-512 AMD EPYC it ran at the AVX2 rate and oneDNN was twice
+as fast; on an AVX-512 Intel Xeon MKL was as fast or a little faster (see BENCHMARKS.md).
+
+:func:`project` computes a layer's input projection, x W_ih^T for every real step of every direction, and
+its two gradients: through oneDNN on CPUs of other vendors (for the weight gradient dY^T X oneDNN first
+copies the two operands into transposed layouts, and on the EPYC is still faster than MKL reading them in
+place), and through ``torch.mm`` on Intel's, for other dtypes and devices, and where a torch build lacks
+the op.
 
 Both directions of a bidirectional layer share one product: the reverse direction reads the same steps in
 another order (each sequence backwards), and a row permutation commutes with the product, so
