@@ -101,13 +101,14 @@ def test_mkl_is_taken_on_intel_cpus_only(vendor, mkl, monkeypatch):
         _gemm._mkl_is_fast.cache_clear()
 
 
-def test_the_cpu_vendor_is_read_where_linux_tells_it():
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            expected = next((line.split(":")[1].strip() for line in cpuinfo if line.startswith("vendor_id")), "")
-    except OSError:
-        expected = ""
-    assert _gemm._cpu_vendor() == expected
+def test_the_cpu_vendor_is_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n\nprocessor\t: 1\n"
+                       "vendor_id\t: GenuineIntel\n")
+    assert _gemm._cpu_vendor(str(cpuinfo)) == "GenuineIntel"
+    cpuinfo.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # an aarch64 kernel names no vendor
+    assert _gemm._cpu_vendor(str(cpuinfo)) == ""
+    assert _gemm._cpu_vendor(str(tmp_path / "missing")) == ""
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")

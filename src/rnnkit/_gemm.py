@@ -29,10 +29,10 @@ from torch.autograd.function import once_differentiable
 __all__ = ["project"]
 
 
-def _cpu_vendor() -> str:
+def _cpu_vendor(cpuinfo_path: str = "/proc/cpuinfo") -> str:
     """The CPU's vendor string ("GenuineIntel", "AuthenticAMD", ...) where Linux tells it, else ""."""
     try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+        with open(cpuinfo_path, encoding="ascii", errors="replace") as cpuinfo:
             for line in cpuinfo:
                 if line.startswith("vendor_id"):
                     return line.partition(":")[2].strip()
