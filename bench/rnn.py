@@ -53,7 +53,8 @@ def gemm_peak(n: int = 2048, repeats: int = 10, onednn: bool = False) -> float |
     library behind torch's fused CPU LSTM, by the private op torch's compiler uses, as rnnkit's
     input projections do on non-Intel CPUs (``rnnkit._gemm``; None where this torch has no such op).
     On an AMD EPYC the two differed by 2x, which is the gap between the fused nn.LSTM and any
-    recurrence written with ``torch.mm`` there. The fastest call, not the median: a peak is what the machine reaches when left alone.
+    recurrence written with ``torch.mm`` there. The fastest call, not the median: a peak is what the
+    machine reaches when left alone.
     """
     a, b = torch.randn(n, n), torch.randn(n, n)
     if onednn:

@@ -13,9 +13,9 @@ def _inputs(dirs, N, K, M, dtype, bias):
     x = torch.randn(N, K, generator=g, dtype=dtype, requires_grad=True)
     w = torch.randn(dirs, M, K, generator=g, dtype=dtype, requires_grad=True)
     b = torch.randn(dirs, M, generator=g, dtype=dtype, requires_grad=True) if bias else None
-    reverse = torch.randperm(N, generator=g) if dirs == 2 else None
-    if reverse is not None:  # a permutation that is its own inverse: swap pairs of rows
-        pairs = reverse[: N // 2 * 2].view(-1, 2)
+    reverse = None
+    if dirs == 2:  # a permutation that is its own inverse: random pairs of rows swapped
+        pairs = torch.randperm(N, generator=g)[: N // 2 * 2].view(-1, 2)
         reverse = torch.arange(N)
         reverse[pairs[:, 0]], reverse[pairs[:, 1]] = pairs[:, 1], pairs[:, 0]
     return x, w, b, reverse

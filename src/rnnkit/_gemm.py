@@ -111,6 +111,4 @@ def project(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
     Differentiable in x, w and bias."""
     if w.shape[0] == 2 and reverse is None:
         raise ValueError("two directions need the reverse direction's row order")
-    if reverse is None:
-        reverse = torch.empty(0, dtype=torch.long, device=x.device)
     return _Project.apply(x, w, bias, reverse)
