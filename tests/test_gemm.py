@@ -11,8 +11,8 @@ from rnnkit import _gemm
 def _inputs(dirs, N, K, M, dtype, bias):
     g = torch.Generator().manual_seed(dirs * 100 + N)
     x = torch.randn(N, K, generator=g, dtype=dtype, requires_grad=True)
-    w = torch.randn(dirs, M, K, generator=g, dtype=dtype, requires_grad=True)
-    b = torch.randn(dirs, M, generator=g, dtype=dtype, requires_grad=True) if bias else None
+    w = [torch.randn(M, K, generator=g, dtype=dtype, requires_grad=True) for _ in range(dirs)]
+    b = [torch.randn(M, generator=g, dtype=dtype, requires_grad=True) for _ in range(dirs)] if bias else None
     reverse = None
     if dirs == 2:  # a permutation that is its own inverse: random pairs of rows swapped
         pairs = torch.randperm(N, generator=g)[: N // 2 * 2].view(-1, 2)
@@ -24,8 +24,8 @@ def _inputs(dirs, N, K, M, dtype, bias):
 def _reference(x, w, b, reverse):
     """Each direction's rows read in its own order, then one bmm."""
     rows = x[None] if reverse is None else torch.stack([x, x[reverse]])  # (dirs, N, K)
-    out = torch.bmm(rows, w.transpose(1, 2))
-    return out if b is None else out + b[:, None]
+    out = torch.bmm(rows, torch.stack(w).transpose(1, 2))
+    return out if b is None else out + torch.stack(b)[:, None]
 
 
 @pytest.fixture(params=["onednn", "mm"])
@@ -45,7 +45,7 @@ def test_float32_matches_bmm_with_gradients(dirs, bias, library):
     ref = _reference(x, w, b, reverse)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     dy = torch.randn_like(out)
-    params = [p for p in (x, w, b) if p is not None]
+    params = [x, *w, *(b or [])]
     grads = torch.autograd.grad(out, params, dy)
     ref_grads = torch.autograd.grad(ref, params, dy)
     for g, r in zip(grads, ref_grads):
@@ -55,21 +55,32 @@ def test_float32_matches_bmm_with_gradients(dirs, bias, library):
 @pytest.mark.parametrize("dirs", [1, 2])
 def test_gradcheck_in_float64(dirs):
     x, w, b, reverse = _inputs(dirs, 7, 5, 4, torch.float64, True)
-    assert torch.autograd.gradcheck(lambda x, w, b: _gemm.project(x, w, b, reverse), (x, w, b))
+    def f(x, *wb):
+        return _gemm.project(x, wb[:dirs], wb[dirs:], reverse)
+
+    assert torch.autograd.gradcheck(f, (x, *w, *b))
 
 
-def test_only_the_needed_gradients_are_computed():
-    x, w, _, _ = _inputs(1, 5, 3, 4, torch.float32, False)
+@pytest.mark.parametrize("dirs", [1, 2])
+def test_only_the_needed_gradients_are_computed(dirs, library):
+    x, w, b, reverse = _inputs(dirs, 5, 3, 4, torch.float32, True)
     x.requires_grad_(False)
-    out = _gemm.project(x, w)
+    w[-1].requires_grad_(False)
+    out = _gemm.project(x, w, b, reverse)
     out.sum().backward()
-    assert x.grad is None and w.grad is not None
+    assert x.grad is None and w[-1].grad is None
+    assert all(p.grad is not None for p in (*w[:-1], *b))
 
 
-def test_two_directions_need_the_reverse_order():
-    x, w, _, _ = _inputs(2, 5, 3, 4, torch.float32, False)
-    with pytest.raises(ValueError, match="two directions need the reverse direction's row order"):
+def test_two_directions_need_the_reverse_order_and_one_none():
+    x, w, _, reverse = _inputs(2, 5, 3, 4, torch.float32, False)
+    message = "two directions need the reverse direction's row order, and one needs none"
+    with pytest.raises(ValueError, match=message):
         _gemm.project(x, w)
+    with pytest.raises(ValueError, match=message):
+        _gemm.project(x, w[:1], None, reverse)
+    with pytest.raises(ValueError, match="one or two directions' weights expected, got 3"):
+        _gemm.project(x, [*w, w[0]], None, reverse)
 
 
 def test_importing_draws_no_random_numbers():
@@ -79,7 +90,7 @@ def test_importing_draws_no_random_numbers():
     expected = torch.rand(3)
     torch.manual_seed(0)
     importlib.reload(_gemm)
-    _gemm.project(torch.ones(2, 3), torch.ones(1, 4, 3))  # the first use checks the op
+    _gemm.project(torch.ones(2, 3), [torch.ones(4, 3)])  # the first use checks the op
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -88,7 +99,7 @@ def test_no_rows(library):
     out = _gemm.project(x, w, b, reverse)
     assert out.shape == (2, 0, 4)
     out.sum().backward()
-    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in (*w, *b))
 
 
 @pytest.mark.parametrize("vendor, mkl", [("GenuineIntel", True), ("AuthenticAMD", False), ("", False)])

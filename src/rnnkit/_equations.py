@@ -4,9 +4,9 @@ The real steps of the batch are first put in packed order (:class:`rnnkit._packi
 sorted longest first, time-major, padding left out). The reverse direction of a bidirectional
 layer runs on each sequence read backwards from its own last element (not from the padding), and
 its output is put back in forward time. Both directions go through one computation with a leading
-direction dimension: the input projection :math:`W_{ih} x_t` of all real steps of both directions is one
-matrix product (and so is each of its two gradients, on no padding row; :func:`rnnkit._gemm.project`, which
-takes the faster of torch's two CPU products for float32), and only the recurrent part runs step by step, in
+direction dimension: the input projection :math:`W_{ih} x_t` of all real steps is one matrix product per
+direction (and so is each of its gradients, on no padding row; :func:`rnnkit._gemm.project`, which takes the
+faster of torch's two CPU products for float32), and only the recurrent part runs step by step, in
 :mod:`rnnkit._recurrence`, stepping both directions at once.
 
 Shapes: dirs directions, T time steps, B sequences, N real steps (sum of lengths), D input features, H hidden
@@ -23,43 +23,47 @@ from . import _gemm, _recurrence
 __all__ = ["run_packed"]
 
 
-def _stacked(weights: list[list[torch.Tensor]], has_biases: bool):
-    """Per-direction ``[w_ih, w_hh, (b_ih, b_hh), *rest]`` -> ``w_ih, w_hh, b_ih, b_hh, rest``, each
-    stacked over the directions (dirs, ...); biases None if absent."""
-    stacked = [ws[0].unsqueeze(0) if len(ws) == 1 else torch.stack(ws) for ws in zip(*weights)]
-    w_ih, w_hh = stacked[:2]
-    b_ih, b_hh = stacked[2:4] if has_biases else (None, None)
-    return w_ih, w_hh, b_ih, b_hh, stacked[4 if has_biases else 2 :]
+def _by_direction(weights: list[list[torch.Tensor]], has_biases: bool):
+    """Per-direction ``[w_ih, w_hh, (b_ih, b_hh), *rest]`` -> ``w_ih, w_hh, b_ih, b_hh, rest``, each a tuple
+    with one tensor per direction (``rest`` a list of such tuples); biases None if absent."""
+    columns = list(zip(*weights))
+    b_ih, b_hh = columns[2:4] if has_biases else (None, None)
+    return columns[0], columns[1], b_ih, b_hh, columns[4 if has_biases else 2 :]
 
 
-def _project(x, packing, w_ih, bias):
-    """x (N, D) @ w_ih[d]^T for w_ih (dirs, G, D) [+ bias (dirs, G)] -> (dirs, N, G), the reverse direction's
-    rows read backwards (:meth:`rnnkit._packing.Packing.reverse`): every real step of every direction in one
-    product (:func:`rnnkit._gemm.project`)."""
-    reverse = packing.reversal(x.device) if w_ih.shape[0] == 2 else None
-    return _gemm.project(x, w_ih, bias, reverse)
+def _stack(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """One tensor per direction -> (dirs, ...), the recurrences' layout."""
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+
+
+def _project(x, packing, w_ih, biases):
+    """x (N, D) @ w_ih[d]^T [+ biases[d]] for each direction's w_ih[d] (G, D), bias (G,) -> (dirs, N, G), the
+    reverse direction's rows read backwards (:meth:`rnnkit._packing.Packing.reverse`): one product per
+    direction over every real step (:func:`rnnkit._gemm.project`)."""
+    reverse = packing.reversal(x.device) if len(w_ih) == 2 else None
+    return _gemm.project(x, w_ih, biases, reverse)
 
 
 def _lstm(x, packing, state, weights, has_biases):
-    w_ih, w_hh, b_ih, b_hh, rest = _stacked(weights, has_biases)
-    w_hr = rest[0] if rest else None
-    xg = _project(x, packing, w_ih, b_ih + b_hh if has_biases else None)  # (dirs, N, 4H)
-    return _recurrence.packed_lstm(xg, packing, *state, w_hh, w_hr)
+    w_ih, w_hh, b_ih, b_hh, rest = _by_direction(weights, has_biases)
+    biases = [b + c for b, c in zip(b_ih, b_hh)] if has_biases else None
+    xg = _project(x, packing, w_ih, biases)  # (dirs, N, 4H)
+    return _recurrence.packed_lstm(xg, packing, *state, _stack(w_hh), _stack(rest[0]) if rest else None)
 
 
 def _gru(x, packing, state, weights, has_biases):
-    w_ih, w_hh, b_ih, b_hh, _ = _stacked(weights, has_biases)
+    w_ih, w_hh, b_ih, b_hh, _ = _by_direction(weights, has_biases)
     xg = _project(x, packing, w_ih, b_ih)  # (dirs, N, 3H)
-    return _recurrence.packed_gru(xg, packing, *state, w_hh, b_hh)
+    return _recurrence.packed_gru(xg, packing, *state, _stack(w_hh), _stack(b_hh) if has_biases else None)
 
 
 def _layernorm_lstm(x, packing, state, weights, has_biases):
-    w_ih, w_hh, b_ih, b_hh, rest = _stacked(weights, has_biases)
-    ln_ih_weight, ln_ih_bias, *ln_rest = rest  # ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias
-    projected = F.layer_norm(_project(x, packing, w_ih, None), (w_ih.shape[1],))  # (dirs, N, 4H), normalised
-    shift = ln_ih_bias + (b_ih + b_hh) if has_biases else ln_ih_bias  # (dirs, 4H)
+    w_ih, w_hh, b_ih, b_hh, rest = _by_direction(weights, has_biases)
+    ln_ih_weight, ln_ih_bias, *ln_rest = (_stack(column) for column in rest)  # then LN_hh's, LN_c's: (dirs, ·)
+    projected = F.layer_norm(_project(x, packing, w_ih, None), (w_ih[0].shape[0],))  # (dirs, N, 4H), normalised
+    shift = ln_ih_bias + _stack(b_ih) + _stack(b_hh) if has_biases else ln_ih_bias  # (dirs, 4H)
     xg = torch.addcmul(shift[:, None], projected, ln_ih_weight[:, None])  # LN_ih(x W_ih^T) + b_ih + b_hh
-    return _recurrence.packed_layernorm_lstm(xg, packing, *state, w_hh, *ln_rest)
+    return _recurrence.packed_layernorm_lstm(xg, packing, *state, _stack(w_hh), *ln_rest)
 
 
 _RECURRENCES = {"LSTM": (_lstm, 4), "GRU": (_gru, 3), "LayerNormLSTM": (_layernorm_lstm, 4)}

@@ -12,11 +12,12 @@ copies the two operands into transposed layouts, and on the EPYC is still faster
 place), and through ``torch.mm`` on Intel's, for other dtypes and devices, and where a torch build lacks
 the op.
 
-Both directions of a bidirectional layer share one product: the reverse direction reads the same steps in
-another order (each sequence backwards), and a row permutation commutes with the product, so
-x [W_0; W_1]^T is computed once, on rows in forward order, and only the reverse direction's half of the
-result is permuted. Its gradients are likewise one product each, over both directions' gate gradients
-side by side.
+Each direction is one product over all its rows, written straight into its half of the (dirs, N, M)
+result. The reverse direction reads the same steps in another order (each sequence backwards), and a row
+permutation commutes with the product, so it is the input rows (width K) that are permuted, not the
+result's (width M = 4H, several times wider), and in the backward direction 1's input gradient is put
+back in forward order as it is added to direction 0's. The weights stay one tensor per direction, as the
+layers hold them: stacking them would copy every weight and its gradient on every call.
 """
 
 from __future__ import annotations
@@ -63,52 +64,56 @@ def _onednn_linear():
     return f if ok else None
 
 
-def _product(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """a (N, K) @ w^T for w (M, K): (N, M), through oneDNN where it is the faster; either operand may be a
-    transposed view."""
+def _product(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None,
+             bias: torch.Tensor | None = None) -> torch.Tensor:
+    """a (N, K) @ w^T (+ bias (M,)) for w (M, K): (N, M), through oneDNN where it is the faster; either
+    operand may be a transposed view. With ``out`` (N, M) the result is written there (by MKL directly)."""
     cpu_float = a.dtype == torch.float32 and a.device.type == "cpu"
     onednn = _onednn_linear() if cpu_float and not _mkl_is_fast() else None
-    if onednn is None or a.numel() == 0 or w.numel() == 0:
-        return a @ w.T
-    return onednn(a, w)
+    if onednn is not None and a.numel() and w.numel():
+        y = onednn(a, w)
+        if bias is not None:
+            y += bias
+        return y if out is None else out.copy_(y)
+    if bias is None:
+        return torch.mm(a, w.T, out=out)
+    return torch.addmm(bias, a, w.T, out=out)
 
 
 class _Project(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, bias, reverse):
-        dirs, M, K = w.shape
-        ctx.save_for_backward(x, w, reverse)
-        y = _product(x, w.reshape(dirs * M, K))  # (N, dirs * M): every direction's gates, rows in forward order
-        if bias is not None:
-            y += bias.reshape(dirs * M)
-        if dirs == 1:
-            return y.unsqueeze(0)
-        out = y.new_empty(dirs, x.shape[0], M)
-        out[0] = y[:, :M]
-        torch.index_select(y[:, M:], 0, reverse, out=out[1])
-        return out  # (dirs, N, M)
+    def forward(ctx, x, reverse, *weights_and_biases):
+        dirs = 1 if reverse is None else 2
+        weights, biases = weights_and_biases[:dirs], weights_and_biases[dirs:] or (None,) * dirs
+        rows = (x,) if dirs == 1 else (x, x.index_select(0, reverse))  # (N, K) each direction's rows, in its order
+        ctx.save_for_backward(reverse, *rows, *weights)
+        out = x.new_empty(dirs, x.shape[0], weights[0].shape[0])  # (dirs, N, M)
+        for d in range(dirs):
+            _product(rows[d], weights[d], out[d], biases[d])
+        return out
 
     @staticmethod
     @once_differentiable  # like the recurrences it feeds
     def backward(ctx, dy):
-        x, w, reverse = ctx.saved_tensors
-        want_x, want_w, want_bias, _ = ctx.needs_input_grad
-        dirs, M, K = w.shape
-        if dirs == 1:
-            dy_rows = dy[0]  # (N, M)
-        else:  # both directions' gradients side by side, the reverse one put back in forward row order
-            dy_rows = torch.cat([dy[0], dy[1].index_select(0, reverse)], 1)  # (N, 2M)
-        dx = _product(dy_rows, w.reshape(dirs * M, K).T) if want_x else None  # (N, K), summed over directions
-        dw = _product(dy_rows.T, x.T).view(dirs, M, K) if want_w else None  # dy^T x per direction
-        return dx, dw, dy.sum(1) if want_bias else None, None  # want_bias is False without a bias
+        reverse, *saved = ctx.saved_tensors
+        dirs = len(saved) // 2
+        rows, weights = saved[:dirs], saved[dirs:]
+        want = ctx.needs_input_grad  # x, reverse, the weights, the biases if given
+        dx = _product(dy[0], weights[0].T) if want[0] else None  # (N, K)
+        if want[0] and dirs == 2:  # direction 1's rows put back in forward order as they are added
+            dx.index_add_(0, reverse, _product(dy[1], weights[1].T))
+        dw = [_product(dy[d].T, rows[d].T) if want[2 + d] else None for d in range(dirs)]  # (M, K) each: dy^T x
+        db = [dy[d].sum(0) if want[2 + dirs + d] else None for d in range(len(want) - 2 - dirs)]  # (M,) each
+        return dx, None, *dw, *db
 
 
-def project(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
-            reverse: torch.Tensor | None = None) -> torch.Tensor:
-    """x (N, K) through each direction's w (dirs, M, K), plus bias (dirs, M) if given: (dirs, N, M), with
-    direction d's output ``x[rows] @ w[d]^T + bias[d]``; ``rows`` are all rows in order for direction 0 and
-    ``reverse`` (N,), a permutation that is its own inverse, for direction 1 (required when dirs = 2).
-    Differentiable in x, w and bias."""
-    if w.shape[0] == 2 and reverse is None:
-        raise ValueError("two directions need the reverse direction's row order")
-    return _Project.apply(x, w, bias, reverse)
+def project(x: torch.Tensor, weights, biases=None, reverse: torch.Tensor | None = None) -> torch.Tensor:
+    """x (N, K) through each direction's weight (M, K) of ``weights``, plus its bias (M,) of ``biases`` if
+    given: (dirs, N, M), with direction d's output ``x[rows] @ weights[d]^T + biases[d]``; ``rows`` are all
+    rows in order for direction 0 and ``reverse`` (N,), a permutation that is its own inverse, for
+    direction 1 (required when there are two). Differentiable in x, the weights and the biases."""
+    if len(weights) not in (1, 2):
+        raise ValueError(f"one or two directions' weights expected, got {len(weights)}")
+    if (len(weights) == 2) != (reverse is not None):
+        raise ValueError("two directions need the reverse direction's row order, and one needs none")
+    return _Project.apply(x, reverse, *weights, *(biases or ()))
