@@ -1,7 +1,10 @@
 """Time loops of the LSTM, GRU and LayerNorm-LSTM recurrences, with a hand-written backward.
 
 The caller projects the input for all steps at once (one big matmul, differentiated by autograd);
-these functions run only the sequential part. Each sequence starts at t = 0 and has ``lengths[b]``
+these functions run only the sequential part. The ``packed_*`` functions consume that projection ``xg``:
+its buffer becomes the one the forward keeps its gate activations in (each step's pre-activations are
+read once, then overwritten in place), which saves a buffer as large as the projection and a copy of it
+per step. The callers pass a projection made for the call and used for nothing else. Each sequence starts at t = 0 and has ``lengths[b]``
 real steps: the output is 0 past each length and the final state is the one at each sequence's
 last real step (the initial state for length 0).
 
@@ -120,18 +123,18 @@ class _LSTM(torch.autograd.Function):
     def forward(ctx, xg, sizes, h0, c0, w_hh, w_hr):
         dirs, N, G = xg.shape
         H, P = G // 4, h0.shape[-1]
-        A = xg.new_empty(dirs, N, G)  # activated gates i, f, g, o
+        A = xg  # activated gates i, f, g, o, in place of their inputs
         h_all = xg.new_empty(dirs, N, P)  # state after each step: the output
         c_all = xg.new_empty(dirs, N, H)
         tc_all = xg.new_empty(dirs, N, H)  # tanh(c)
         m_all = xg.new_empty(dirs, N, H) if w_hr is not None else h_all  # o * tanh(c), before projection
         h_n, c_n = _start(h0), _start(c0)
-        a, xs = _LSTMGates(A, sizes), _steps(xg, sizes)
+        a = _LSTMGates(A, sizes)
         h, c, tc, m = (_steps(x, sizes) for x in (h_all, c_all, tc_all, m_all))
         h_prev, c_prev = _previous(h0, h, sizes), _previous(c0, c, sizes)
         w_hh_t = w_hh.transpose(1, 2)  # (dirs, P, G)
         for t in range(len(sizes)):
-            torch.baddbmm(xs[t], h_prev[t], w_hh_t, out=a.all[t])
+            a.all[t].baddbmm_(h_prev[t], w_hh_t)
             _lstm_cell_(a, t, c_prev[t], c[t])
             torch.mul(a.o[t], torch.tanh(c[t], out=tc[t]), out=m[t])
             if w_hr is not None:
@@ -175,12 +178,11 @@ class _GRU(torch.autograd.Function):
     def forward(ctx, xg, sizes, h0, w_hh, b_hh):
         dirs, N, G = xg.shape
         H = G // 3
-        A = xg.new_empty(dirs, N, G)  # activated gates r, z, n
+        A = xg  # activated gates r, z, n, in place of their inputs
         HG = xg.new_empty(dirs, N, G)  # h W_hh^T + b_hh
         h_all = xg.new_empty(dirs, N, H)
         h_n = _start(h0)
         rz, (r, z, n) = _steps(A[..., : 2 * H], sizes), (_steps(x, sizes) for x in A.chunk(3, -1))
-        x_rz, x_n = _steps(xg[..., : 2 * H], sizes), _steps(xg[..., 2 * H :], sizes)
         hg, hg_rz, hg_n = (_steps(x, sizes) for x in (HG, HG[..., : 2 * H], HG[..., 2 * H :]))
         h = _steps(h_all, sizes)
         h_prev, w_hh_t = _previous(h0, h, sizes), w_hh.transpose(1, 2)  # w_hh_t (dirs, H, G)
@@ -189,8 +191,8 @@ class _GRU(torch.autograd.Function):
                 torch.bmm(h_prev[t], w_hh_t, out=hg[t])
             else:
                 torch.baddbmm(b_hh[:, None], h_prev[t], w_hh_t, out=hg[t])
-            torch.add(x_rz[t], hg_rz[t], out=rz[t]).sigmoid_()
-            torch.addcmul(x_n[t], r[t], hg_n[t], out=n[t]).tanh_()
+            rz[t].add_(hg_rz[t]).sigmoid_()
+            n[t].addcmul_(r[t], hg_n[t]).tanh_()
             torch.sub(h_prev[t], n[t], out=h[t]).mul_(z[t]).add_(n[t])  # h = (1 - z) * n + z * h_prev
             _take_final_(t, sizes, ((h_n, h[t]),))
         ctx.sizes = sizes
@@ -248,7 +250,7 @@ class _LayerNormLSTM(torch.autograd.Function):
     def forward(ctx, xg, sizes, h0, c0, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, eps):
         dirs, N, G = xg.shape
         H = G // 4
-        A = xg.new_empty(dirs, N, G)  # activated gates i, f, g, o
+        A = xg  # activated gates i, f, g, o, in place of their inputs
         xhat_hh_all = xg.new_empty(dirs, N, G)  # LN_hh's normalised input
         xhat_c_all = xg.new_empty(dirs, N, H)
         # 1/std of LN_hh, LN_c: (dirs, n, 1) per step
@@ -257,7 +259,7 @@ class _LayerNormLSTM(torch.autograd.Function):
         c_all = xg.new_empty(dirs, N, H)
         tc_all = xg.new_empty(dirs, N, H)  # tanh(LN_c(c))
         h_n, c_n = _start(h0), _start(c0)
-        a, xs, WH = _LSTMGates(A, sizes), _steps(xg, sizes), xg.new_empty(dirs, h0.shape[1], G)
+        a, WH = _LSTMGates(A, sizes), xg.new_empty(dirs, h0.shape[1], G)
         h, c, tc, xhat_hh, xhat_c = (_steps(x, sizes) for x in (h_all, c_all, tc_all, xhat_hh_all, xhat_c_all))
         h_prev, c_prev = _previous(h0, h, sizes), _previous(c0, c, sizes)
         w_hh_t = w_hh.transpose(1, 2)  # (dirs, H, G)
@@ -267,7 +269,7 @@ class _LayerNormLSTM(torch.autograd.Function):
             xhat, _, rstd = torch.native_layer_norm(torch.bmm(h_prev[t], w_hh_t, out=WH[:, :n]), [G], None, None, eps)
             xhat_hh[t].copy_(xhat)
             rstd_hh.append(rstd)
-            torch.addcmul(xs[t], xhat, gain_hh, out=a.all[t]).add_(shift_hh)  # xg + LN_hh(h W_hh^T)
+            a.all[t].addcmul_(xhat, gain_hh).add_(shift_hh)  # xg + LN_hh(h W_hh^T)
             _lstm_cell_(a, t, c_prev[t], c[t])
             xhat, _, rstd = torch.native_layer_norm(c[t], [H], None, None, eps)
             xhat_c[t].copy_(xhat)
@@ -326,7 +328,7 @@ def packed_lstm(xg, packing, h0, c0, w_hh, w_hr=None):
     """LSTM loop over packed ``xg`` (dirs, N, 4H) = x W_ih^T + b_ih + b_hh, gates i, f, g, o, in the order
     of ``packing``; h0 (dirs, B, P), c0 (dirs, B, H) in batch order, w_hh (dirs, 4H, P). Returns out
     (dirs, N, P) packed, h_n (dirs, B, P), c_n (dirs, B, H); with ``w_hr`` (dirs, P, H),
-    h = (o * tanh(c)) W_hr^T.
+    h = (o * tanh(c)) W_hr^T. ``xg`` is overwritten (see the module docstring).
     """
     out, h_n, c_n = _LSTM.apply(xg, packing.batch_sizes, packing.sort(h0), packing.sort(c0), w_hh, w_hr)
     return out, packing.unsort(h_n), packing.unsort(c_n)
@@ -337,7 +339,7 @@ def packed_gru(xg, packing, h0, w_hh, b_hh=None):
     order, w_hh (dirs, 3H, H), b_hh (dirs, 3H).
 
     n = tanh(xg_n + r * (h W_hn^T + b_hn)), h = (1 - z) * n + z * h_prev (torch's convention).
-    Returns out (dirs, N, H) packed, h_n (dirs, B, H).
+    Returns out (dirs, N, H) packed, h_n (dirs, B, H). ``xg`` is overwritten (see the module docstring).
     """
     out, h_n = _GRU.apply(xg, packing.batch_sizes, packing.sort(h0), w_hh, b_hh)
     return out, packing.unsort(h_n)
@@ -347,7 +349,8 @@ def packed_layernorm_lstm(xg, packing, h0, c0, w_hh, ln_hh_weight, ln_hh_bias, l
     """LayerNorm-LSTM loop (Ba et al. 2016, "Layer Normalization", sec. 3.1, eq. 20-22) over packed
     ``xg`` (dirs, N, 4H) = LN_ih(x W_ih^T) + b_ih + b_hh; gates = xg + LN_hh(h W_hh^T);
     c = f * c_prev + i * g; h = o * tanh(LN_c(c)). The layer-norm gains and shifts are (dirs, 4H) and
-    (dirs, H). Returns out (dirs, N, H) packed, h_n (dirs, B, H), c_n (dirs, B, H).
+    (dirs, H). Returns out (dirs, N, H) packed, h_n (dirs, B, H), c_n (dirs, B, H). ``xg`` is overwritten
+    (see the module docstring).
     """
     out, h_n, c_n = _LayerNormLSTM.apply(xg, packing.batch_sizes, packing.sort(h0), packing.sort(c0), w_hh,
                                          ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, eps)
@@ -360,7 +363,8 @@ def _padded(packed, xg, lengths, *args):
     T, B = xg.shape[:2]
     packing = Packing(None if lengths is None else lengths.to(xg.device), T, B)
     args = [a.unsqueeze(0) if isinstance(a, torch.Tensor) else a for a in args]
-    out, *finals = packed(packing.pack(xg).unsqueeze(0), packing, *args)
+    xg = packing.pack(xg).unsqueeze(0).clone()  # the caller's own: the packed loop overwrites its input
+    out, *finals = packed(xg, packing, *args)
     return (packing.unpack(out[0]), *(f[0] for f in finals))
 
 
