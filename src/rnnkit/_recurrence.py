@@ -1,12 +1,14 @@
 """Time loops of the LSTM, GRU and LayerNorm-LSTM recurrences, with a hand-written backward.
 
 The caller projects the input for all steps at once (one big matmul, differentiated by autograd);
-these functions run only the sequential part. The ``packed_*`` functions consume that projection ``xg``:
-its buffer becomes the one the forward keeps its gate activations in (each step's pre-activations are
-read once, then overwritten in place), which saves a buffer as large as the projection and a copy of it
-per step. The callers pass a projection made for the call and used for nothing else. Each sequence starts at t = 0 and has ``lengths[b]``
+these functions run only the sequential part. Each sequence starts at t = 0 and has ``lengths[b]``
 real steps: the output is 0 past each length and the final state is the one at each sequence's
 last real step (the initial state for length 0).
+
+The ``packed_*`` functions consume that projection ``xg``: its buffer becomes the one the forward keeps
+the gate activations in (each step's pre-activations are read once, then overwritten in place), which
+saves a buffer as large as the projection and a copy of each step's block. The callers pass a projection
+made for the call and used for nothing else.
 
 Directions. Every tensor carries a leading direction dimension: ``xg`` (dirs, N, G), states
 (dirs, B, ·), weights (dirs, ·, ·). The two directions of a bidirectional layer have the same
