@@ -143,6 +143,16 @@ def test_lengths_none_is_full_length(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("lengths", [None, torch.tensor([2, 4, 3])])
+def test_the_callers_projection_is_left_as_it_was(kind, lengths):
+    """The packed loops keep their gates in their input's buffer; the padded entry points hand them a copy."""
+    fn, _, args = make_case(kind, T=4, B=3, H=2, lengths=lengths)
+    before = args[0].detach().clone()
+    fn(*args)
+    assert torch.equal(args[0], before)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_all_lengths_zero_returns_initial_state(kind):
     fn, _, args = make_case(kind, 4, 3, 5, torch.zeros(3, dtype=torch.long))
     out, *state = fn(*args)
