@@ -72,9 +72,9 @@ def _product(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None,
     onednn = _onednn_linear() if cpu_float and not _mkl_is_fast() else None
     if onednn is not None and a.numel() and w.numel():
         y = onednn(a, w)
-        if bias is not None:
-            y += bias
-        return y if out is None else out.copy_(y)
+        if bias is None:
+            return y if out is None else out.copy_(y)
+        return torch.add(y, bias, out=out if out is not None else y)  # one pass: the bias added as it is written
     if bias is None:
         return torch.mm(a, w.T, out=out)
     return torch.addmm(bias, a, w.T, out=out)
