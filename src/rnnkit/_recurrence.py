@@ -253,8 +253,9 @@ class _LayerNormLSTM(torch.autograd.Function):
         dirs, N, G = xg.shape
         H = G // 4
         A = xg  # activated gates i, f, g, o, in place of their inputs
-        xhat_hh_all = xg.new_empty(dirs, N, G)  # LN_hh's normalised input
-        xhat_c_all = xg.new_empty(dirs, N, H)
+        # LN_hh's and LN_c's normalised inputs, (dirs, n, 4H) and (dirs, n, H) per step: kept as
+        # layer_norm returns them, since copying them into one buffer costs more than it saves
+        xhat_hh, xhat_c = [], []
         # 1/std of LN_hh, LN_c: (dirs, n, 1) per step
         rstd_hh, rstd_c = [xg.new_empty(dirs, 0, 1)], [xg.new_empty(dirs, 0, 1)]
         h_all = xg.new_empty(dirs, N, H)
@@ -262,36 +263,37 @@ class _LayerNormLSTM(torch.autograd.Function):
         tc_all = xg.new_empty(dirs, N, H)  # tanh(LN_c(c))
         h_n, c_n = _start(h0), _start(c0)
         a, WH = _LSTMGates(A, sizes), xg.new_empty(dirs, h0.shape[1], G)
-        h, c, tc, xhat_hh, xhat_c = (_steps(x, sizes) for x in (h_all, c_all, tc_all, xhat_hh_all, xhat_c_all))
+        h, c, tc = (_steps(x, sizes) for x in (h_all, c_all, tc_all))
         h_prev, c_prev = _previous(h0, h, sizes), _previous(c0, c, sizes)
         w_hh_t = w_hh.transpose(1, 2)  # (dirs, H, G)
         # (dirs, 1, 4H) and (dirs, 1, H) views of the layer-norm gains and shifts, broadcast over the rows
         gain_hh, shift_hh, gain_c, shift_c = (w[:, None] for w in (ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias))
         for t, n in enumerate(sizes):
             xhat, _, rstd = torch.native_layer_norm(torch.bmm(h_prev[t], w_hh_t, out=WH[:, :n]), [G], None, None, eps)
-            xhat_hh[t].copy_(xhat)
+            xhat_hh.append(xhat)
             rstd_hh.append(rstd)
             a.all[t].addcmul_(xhat, gain_hh).add_(shift_hh)  # xg + LN_hh(h W_hh^T)
             _lstm_cell_(a, t, c_prev[t], c[t])
             xhat, _, rstd = torch.native_layer_norm(c[t], [H], None, None, eps)
-            xhat_c[t].copy_(xhat)
+            xhat_c.append(xhat)
             rstd_c.append(rstd)
             torch.addcmul(shift_c, xhat, gain_c, out=tc[t]).tanh_()
             torch.mul(a.o[t], tc[t], out=h[t])
             _take_final_(t, sizes, ((h_n, h[t]), (c_n, c[t])))
         ctx.sizes = sizes
         ctx.save_for_backward(
-            h0, c0, w_hh, ln_hh_weight, ln_c_weight, A, xhat_hh_all, xhat_c_all, torch.cat(rstd_hh, 1),
-            torch.cat(rstd_c, 1), h_all, c_all, tc_all,
+            h0, c0, w_hh, ln_hh_weight, ln_c_weight, A, torch.cat(rstd_hh, 1), torch.cat(rstd_c, 1), h_all, c_all,
+            tc_all, *xhat_hh, *xhat_c,
         )
         return h_all, h_n, c_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_h_n, d_c_n):
-        (h0, c0, w_hh, ln_hh_w, ln_c_w, A, xhat_hh_all, xhat_c_all, rstd_hh_all, rstd_c_all, h_all, c_all,
-         tc_all) = ctx.saved_tensors
         sizes, want_h0 = ctx.sizes, ctx.needs_input_grad[2]
+        (h0, c0, w_hh, ln_hh_w, ln_c_w, A, rstd_hh_all, rstd_c_all, h_all, c_all, tc_all), xhat = (
+            ctx.saved_tensors[:11], ctx.saved_tensors[11:])
+        xhat_hh, xhat_c = xhat[: len(sizes)], xhat[len(sizes) :]  # per step (dirs, n_t, 4H), (dirs, n_t, H)
         G = A.shape[-1]
         H = G // 4
         dxg = torch.empty_like(A)  # = gradient of the gates = of LN_hh's output
@@ -301,7 +303,7 @@ class _LayerNormLSTM(torch.autograd.Function):
         a, d = _LSTMGates(A, sizes), _LSTMGates(dxg, sizes)
         c_prev, d_o = _previous(c0, _steps(c_all, sizes), sizes), _steps(d_out, sizes)
         tc, dWH, dY_c = (_steps(x, sizes) for x in (tc_all, dWH_all, dY_c_all))
-        xhat_hh, xhat_c, dyx_hh, dyx_c = (_steps(x, sizes) for x in (xhat_hh_all, xhat_c_all, dYX_hh, dYX_c))
+        dyx_hh, dyx_c = _steps(dYX_hh, sizes), _steps(dYX_c, sizes)
         rstd_hh, rstd_c = _steps(rstd_hh_all, sizes), _steps(rstd_c_all, sizes)
         neg_mean_hh, neg_mean_c = -ln_hh_w[..., None] / G, -ln_c_w[..., None] / H  # (dirs, G, 1), (dirs, H, 1)
         gain_hh, gain_c = ln_hh_w[:, None], ln_c_w[:, None]  # (dirs, 1, G), (dirs, 1, H)
