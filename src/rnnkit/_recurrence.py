@@ -291,9 +291,9 @@ class _LayerNormLSTM(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_out, d_h_n, d_c_n):
         sizes, want_h0 = ctx.sizes, ctx.needs_input_grad[2]
-        (h0, c0, w_hh, ln_hh_w, ln_c_w, A, rstd_hh_all, rstd_c_all, h_all, c_all, tc_all), xhat = (
-            ctx.saved_tensors[:11], ctx.saved_tensors[11:])
-        xhat_hh, xhat_c = xhat[: len(sizes)], xhat[len(sizes) :]  # per step (dirs, n_t, 4H), (dirs, n_t, H)
+        saved, S = ctx.saved_tensors, len(sizes)
+        (h0, c0, w_hh, ln_hh_w, ln_c_w, A, rstd_hh_all, rstd_c_all, h_all, c_all, tc_all) = saved[: len(saved) - 2 * S]
+        xhat_hh, xhat_c = saved[len(saved) - 2 * S : len(saved) - S], saved[len(saved) - S :]  # per step, as saved
         G = A.shape[-1]
         H = G // 4
         dxg = torch.empty_like(A)  # = gradient of the gates = of LN_hh's output
