@@ -292,8 +292,9 @@ class _LayerNormLSTM(torch.autograd.Function):
     def backward(ctx, d_out, d_h_n, d_c_n):
         sizes, want_h0 = ctx.sizes, ctx.needs_input_grad[2]
         saved, S = ctx.saved_tensors, len(sizes)
-        (h0, c0, w_hh, ln_hh_w, ln_c_w, A, rstd_hh_all, rstd_c_all, h_all, c_all, tc_all) = saved[: len(saved) - 2 * S]
-        xhat_hh, xhat_c = saved[len(saved) - 2 * S : len(saved) - S], saved[len(saved) - S :]  # per step, as saved
+        k = len(saved) - 2 * S  # the tensors saved once, then LN_hh's and LN_c's normalised inputs per step
+        (h0, c0, w_hh, ln_hh_w, ln_c_w, A, rstd_hh_all, rstd_c_all, h_all, c_all, tc_all) = saved[:k]
+        xhat_hh, xhat_c = saved[k : k + S], saved[k + S :]
         G = A.shape[-1]
         H = G // 4
         dxg = torch.empty_like(A)  # = gradient of the gates = of LN_hh's output
