@@ -59,11 +59,16 @@ def _gru(x, packing, state, weights, has_biases):
 
 def _layernorm_lstm(x, packing, state, weights, has_biases):
     w_ih, w_hh, b_ih, b_hh, rest = _by_direction(weights, has_biases)
-    ln_ih_weight, ln_ih_bias, *ln_rest = (_stack(column) for column in rest)  # then LN_hh's, LN_c's: (dirs, ·)
-    projected = F.layer_norm(_project(x, packing, w_ih, None), (w_ih[0].shape[0],))  # (dirs, N, 4H), normalised
-    shift = ln_ih_bias + _stack(b_ih) + _stack(b_hh) if has_biases else ln_ih_bias  # (dirs, 4H)
-    xg = torch.addcmul(shift[:, None], projected, ln_ih_weight[:, None])  # LN_ih(x W_ih^T) + b_ih + b_hh
-    return _recurrence.packed_layernorm_lstm(xg, packing, *state, _stack(w_hh), *ln_rest)
+    ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias = rest
+    # every constant term of the gates, LN_hh's shift included, goes into LN_ih's shift, so that the
+    # layer norm adds it in its own kernel: one (4H,) shift per direction
+    terms = (ln_ih_bias, ln_hh_bias, b_ih, b_hh) if has_biases else (ln_ih_bias, ln_hh_bias)
+    shifts = [sum(column) for column in zip(*terms)]
+    projected = _project(x, packing, w_ih, None)  # (dirs, N, 4H)
+    G = projected.shape[-1]
+    xg = _stack(tuple(F.layer_norm(p, (G,), w, b) for p, w, b in zip(projected, ln_ih_weight, shifts)))
+    recurrent = (_stack(w) for w in (w_hh, ln_hh_weight, ln_c_weight, ln_c_bias))
+    return _recurrence.packed_layernorm_lstm(xg, packing, *state, *recurrent)
 
 
 _RECURRENCES = {"LSTM": (_lstm, 4), "GRU": (_gru, 3), "LayerNormLSTM": (_layernorm_lstm, 4)}

@@ -249,7 +249,7 @@ def _layer_norm_grad_(dy, weight, neg_weight_mean, rstd, xhat, out, dy_xhat, s1,
 
 class _LayerNormLSTM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xg, sizes, h0, c0, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, eps):
+    def forward(ctx, xg, sizes, h0, c0, w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, eps):
         dirs, N, G = xg.shape
         H = G // 4
         A = xg  # activated gates i, f, g, o, in place of their inputs
@@ -266,13 +266,13 @@ class _LayerNormLSTM(torch.autograd.Function):
         h, c, tc = (_steps(x, sizes) for x in (h_all, c_all, tc_all))
         h_prev, c_prev = _previous(h0, h, sizes), _previous(c0, c, sizes)
         w_hh_t = w_hh.transpose(1, 2)  # (dirs, H, G)
-        # (dirs, 1, 4H) and (dirs, 1, H) views of the layer-norm gains and shifts, broadcast over the rows
-        gain_hh, shift_hh, gain_c, shift_c = (w[:, None] for w in (ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias))
+        # (dirs, 1, 4H) and (dirs, 1, H) views of the layer-norm gains and LN_c's shift, broadcast over the rows
+        gain_hh, gain_c, shift_c = (w[:, None] for w in (ln_hh_weight, ln_c_weight, ln_c_bias))
         for t, n in enumerate(sizes):
             xhat, _, rstd = torch.native_layer_norm(torch.bmm(h_prev[t], w_hh_t, out=WH[:, :n]), [G], None, None, eps)
             xhat_hh.append(xhat)
             rstd_hh.append(rstd)
-            a.all[t].addcmul_(xhat, gain_hh).add_(shift_hh)  # xg + LN_hh(h W_hh^T)
+            a.all[t].addcmul_(xhat, gain_hh)  # xg + LN_hh(h W_hh^T), its shift being in xg
             _lstm_cell_(a, t, c_prev[t], c[t])
             xhat, _, rstd = torch.native_layer_norm(c[t], [H], None, None, eps)
             xhat_c.append(xhat)
@@ -324,9 +324,8 @@ class _LayerNormLSTM(torch.autograd.Function):
                 torch.bmm(dWH[t], w_hh, out=dh[:, :n])
         h_prev = _rows_of(h0, _previous(h0, _steps(h_all, sizes), sizes))  # (dirs, N, H)
         d_w_hh = dWH_all.transpose(1, 2) @ h_prev  # (dirs, 4H, H)
-        d_ln_hh = dYX_hh.sum(1), dxg.sum(1)
         d_ln_c = dYX_c.sum(1), dY_c_all.sum(1)
-        return dxg, None, dh if want_h0 else None, dc, d_w_hh, *d_ln_hh, *d_ln_c, None
+        return dxg, None, dh if want_h0 else None, dc, d_w_hh, dYX_hh.sum(1), *d_ln_c, None
 
 
 def packed_lstm(xg, packing, h0, c0, w_hh, w_hr=None):
@@ -350,15 +349,16 @@ def packed_gru(xg, packing, h0, w_hh, b_hh=None):
     return out, packing.unsort(h_n)
 
 
-def packed_layernorm_lstm(xg, packing, h0, c0, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, eps=1e-5):
+def packed_layernorm_lstm(xg, packing, h0, c0, w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, eps=1e-5):
     """LayerNorm-LSTM loop (Ba et al. 2016, "Layer Normalization", sec. 3.1, eq. 20-22) over packed
-    ``xg`` (dirs, N, 4H) = LN_ih(x W_ih^T) + b_ih + b_hh; gates = xg + LN_hh(h W_hh^T);
-    c = f * c_prev + i * g; h = o * tanh(LN_c(c)). The layer-norm gains and shifts are (dirs, 4H) and
-    (dirs, H). Returns out (dirs, N, H) packed, h_n (dirs, B, H), c_n (dirs, B, H). ``xg`` is overwritten
+    ``xg`` (dirs, N, 4H) = LN_ih(x W_ih^T) + b_ih + b_hh + LN_hh's shift; gates = xg + LN_hh(h W_hh^T)
+    without that shift (the caller adds the constant terms once, for all steps);
+    c = f * c_prev + i * g; h = o * tanh(LN_c(c)). The layer-norm gains are (dirs, 4H) and (dirs, H),
+    LN_c's shift (dirs, H). Returns out (dirs, N, H) packed, h_n (dirs, B, H), c_n (dirs, B, H). ``xg`` is overwritten
     (see the module docstring).
     """
     out, h_n, c_n = _LayerNormLSTM.apply(xg, packing.batch_sizes, packing.sort(h0), packing.sort(c0), w_hh,
-                                         ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, eps)
+                                         ln_hh_weight, ln_c_weight, ln_c_bias, eps)
     return out, packing.unsort(h_n), packing.unsort(c_n)
 
 
@@ -398,5 +398,5 @@ def layernorm_lstm_recurrence(
     xg (T, B, 4H) = LN_ih(x W_ih^T) + b_ih + b_hh; gates = xg + LN_hh(h W_hh^T);
     c = f * c_prev + i * g; h = o * tanh(LN_c(c)). Returns out (T, B, H), h_n (B, H), c_n (B, H).
     """
-    return _padded(packed_layernorm_lstm, xg, lengths, h0, c0, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight,
+    return _padded(packed_layernorm_lstm, xg + ln_hh_bias, lengths, h0, c0, w_hh, ln_hh_weight, ln_c_weight,
                    ln_c_bias, eps)
