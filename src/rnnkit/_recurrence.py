@@ -80,6 +80,12 @@ def _start(state: torch.Tensor) -> torch.Tensor:
     return state.clone(memory_format=torch.contiguous_format)
 
 
+def _transposed(w: torch.Tensor | None) -> torch.Tensor | None:
+    """(dirs, a, b) -> a contiguous (dirs, b, a) copy: the per-step products ``state @ w^T`` run about 20%
+    faster on it than on the transposed view, for the price of one copy per call."""
+    return None if w is None else w.transpose(1, 2).contiguous()
+
+
 def _steps(buf: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, ...]:
     """The (dirs, n_t, ·) per-step views of a (dirs, N, ·) packed buffer."""
     return buf.split(sizes, 1)
@@ -134,13 +140,13 @@ class _LSTM(torch.autograd.Function):
         a = _LSTMGates(A, sizes)
         h, c, tc, m = (_steps(x, sizes) for x in (h_all, c_all, tc_all, m_all))
         h_prev, c_prev = _previous(h0, h, sizes), _previous(c0, c, sizes)
-        w_hh_t = w_hh.transpose(1, 2)  # (dirs, P, G)
+        w_hh_t, w_hr_t = _transposed(w_hh), _transposed(w_hr)  # (dirs, P, G), (dirs, H, P)
         for t in range(len(sizes)):
             a.all[t].baddbmm_(h_prev[t], w_hh_t)
             _lstm_cell_(a, t, c_prev[t], c[t])
             torch.mul(a.o[t], torch.tanh(c[t], out=tc[t]), out=m[t])
             if w_hr is not None:
-                torch.bmm(m[t], w_hr.transpose(1, 2), out=h[t])
+                torch.bmm(m[t], w_hr_t, out=h[t])
             _take_final_(t, sizes, ((h_n, h[t]), (c_n, c[t])))
         ctx.sizes = sizes
         ctx.save_for_backward(h0, c0, w_hh, w_hr, A, h_all, c_all, tc_all, m_all)
@@ -187,7 +193,7 @@ class _GRU(torch.autograd.Function):
         rz, (r, z, n) = _steps(A[..., : 2 * H], sizes), (_steps(x, sizes) for x in A.chunk(3, -1))
         hg, hg_rz, hg_n = (_steps(x, sizes) for x in (HG, HG[..., : 2 * H], HG[..., 2 * H :]))
         h = _steps(h_all, sizes)
-        h_prev, w_hh_t = _previous(h0, h, sizes), w_hh.transpose(1, 2)  # w_hh_t (dirs, H, G)
+        h_prev, w_hh_t = _previous(h0, h, sizes), _transposed(w_hh)  # w_hh_t (dirs, H, G)
         for t in range(len(sizes)):
             if b_hh is None:
                 torch.bmm(h_prev[t], w_hh_t, out=hg[t])
@@ -265,7 +271,7 @@ class _LayerNormLSTM(torch.autograd.Function):
         a, WH = _LSTMGates(A, sizes), xg.new_empty(dirs, h0.shape[1], G)
         h, c, tc = (_steps(x, sizes) for x in (h_all, c_all, tc_all))
         h_prev, c_prev = _previous(h0, h, sizes), _previous(c0, c, sizes)
-        w_hh_t = w_hh.transpose(1, 2)  # (dirs, H, G)
+        w_hh_t = _transposed(w_hh)  # (dirs, H, G)
         # (dirs, 1, 4H) and (dirs, 1, H) views of the layer-norm gains and LN_c's shift, broadcast over the rows
         gain_hh, gain_c, shift_c = (w[:, None] for w in (ln_hh_weight, ln_c_weight, ln_c_bias))
         for t, n in enumerate(sizes):
