@@ -241,15 +241,16 @@ class _GRU(torch.autograd.Function):
         return dxg, None, dh if want_h0 else None, d_w_hh, d_b_hh
 
 
-def _layer_norm_grad_(dy, weight, neg_weight_mean, rstd, xhat, out, dy_xhat, s1, s2):
+def _layer_norm_grad_(dy, weight, neg_weight_mean, rstd, xhat, out, dy_xhat, d_weight, s1, s2):
     """dLoss/dx of y = xhat * weight + bias, xhat = (x - mean) * rstd, for rows of (dirs, n, K), into out.
 
     dx = rstd * (dy w - mean(dy w) - xhat * mean(dy w xhat)); the row means are matmuls with
-    ``neg_weight_mean`` = -w / K (dirs, K, 1); ``weight`` is (dirs, 1, K). Also leaves dy * xhat in
-    ``dy_xhat``, the summand of dLoss/dw.
+    ``neg_weight_mean`` = -w / K (dirs, K, 1); ``weight`` is (dirs, 1, K). dy * xhat, the summand of
+    dLoss/dw, is made in the scratch ``dy_xhat`` and added into the per-row sums ``d_weight``.
     """
     torch.bmm(dy, neg_weight_mean, out=s1)  # (dirs, n, 1)
     torch.bmm(torch.mul(dy, xhat, out=dy_xhat), neg_weight_mean, out=s2)  # (dirs, n, 1)
+    d_weight.add_(dy_xhat)
     return torch.addcmul(s1, dy, weight, out=out).addcmul_(xhat, s2).mul_(rstd)
 
 
@@ -304,13 +305,16 @@ class _LayerNormLSTM(torch.autograd.Function):
         G = A.shape[-1]
         H = G // 4
         dxg = torch.empty_like(A)  # = gradient of the gates = of LN_hh's output
-        dWH_all = torch.empty_like(A)  # gradient of h W_hh^T
-        dY_c_all = torch.empty_like(c_all)  # gradient of LN_c's output
-        dYX_hh, dYX_c = torch.empty_like(dWH_all), torch.empty_like(dY_c_all)  # dY * xhat, summed for dLoss/dw
+        dWH = A.new_empty(*d_h_n.shape[:2], G)  # gradient of h W_hh^T, one step's rows at a time
+        d_w_hh = A.new_zeros(w_hh.shape)  # (dirs, 4H, H), summed step by step while dWH is in cache
+        # The gradients of LN_c's output and the products dY * xhat are only summed over the rows (for
+        # the layer norms' gains and LN_c's shift): (dirs, B, ·) scratch, reused every step and added
+        # into per-row sums, rather than (dirs, N, ·) buffers that would be new memory on every call.
+        dY_c, dyx_hh, dyx_c = A.new_empty(d_h_n.shape), A.new_empty(*d_h_n.shape[:2], G), A.new_empty(d_h_n.shape)
+        sum_dY_c, sum_dyx_hh, sum_dyx_c = (torch.zeros_like(x) for x in (dY_c, dyx_hh, dyx_c))
         a, d = _LSTMGates(A, sizes), _LSTMGates(dxg, sizes)
         c_prev, d_o = _previous(c0, _steps(c_all, sizes), sizes), _steps(d_out, sizes)
-        tc, dWH, dY_c = (_steps(x, sizes) for x in (tc_all, dWH_all, dY_c_all))
-        dyx_hh, dyx_c = _steps(dYX_hh, sizes), _steps(dYX_c, sizes)
+        tc, h_prev = _steps(tc_all, sizes), _previous(h0, _steps(h_all, sizes), sizes)
         rstd_hh, rstd_c = _steps(rstd_hh_all, sizes), _steps(rstd_c_all, sizes)
         neg_mean_hh, neg_mean_c = -ln_hh_w[..., None] / G, -ln_c_w[..., None] / H  # (dirs, G, 1), (dirs, H, 1)
         gain_hh, gain_c = ln_hh_w[:, None], ln_c_w[:, None]  # (dirs, 1, G), (dirs, 1, H)
@@ -320,18 +324,18 @@ class _LayerNormLSTM(torch.autograd.Function):
         for t in reversed(range(len(sizes))):
             n = sizes[t]
             dh_t = dh[:, :n].add_(d_o[t])
-            _output_gate_grad_(a, d, t, dh_t, tc[t], dY_c[t])
-            _layer_norm_grad_(dY_c[t], gain_c, neg_mean_c, rstd_c[t], xhat_c[t], dc_ln[:, :n], dyx_c[t], s1[:, :n],
-                              s2[:, :n])
+            _output_gate_grad_(a, d, t, dh_t, tc[t], dY_c[:, :n])
+            sum_dY_c[:, :n].add_(dY_c[:, :n])
+            _layer_norm_grad_(dY_c[:, :n], gain_c, neg_mean_c, rstd_c[t], xhat_c[t], dc_ln[:, :n], dyx_c[:, :n],
+                              sum_dyx_c[:, :n], s1[:, :n], s2[:, :n])
             _cell_grad_(a, d, t, dc[:, :n].add_(dc_ln[:, :n]), c_prev[t], tmp[:, :n])
-            _layer_norm_grad_(d.all[t], gain_hh, neg_mean_hh, rstd_hh[t], xhat_hh[t], dWH[t], dyx_hh[t], s1[:, :n],
-                              s2[:, :n])
+            _layer_norm_grad_(d.all[t], gain_hh, neg_mean_hh, rstd_hh[t], xhat_hh[t], dWH[:, :n], dyx_hh[:, :n],
+                              sum_dyx_hh[:, :n], s1[:, :n], s2[:, :n])
             if t > 0 or want_h0:
-                torch.bmm(dWH[t], w_hh, out=dh[:, :n])
-        h_prev = _rows_of(h0, _previous(h0, _steps(h_all, sizes), sizes))  # (dirs, N, H)
-        d_w_hh = dWH_all.transpose(1, 2) @ h_prev  # (dirs, 4H, H)
-        d_ln_c = dYX_c.sum(1), dY_c_all.sum(1)
-        return dxg, None, dh if want_h0 else None, dc, d_w_hh, dYX_hh.sum(1), *d_ln_c, None
+                torch.bmm(dWH[:, :n], w_hh, out=dh[:, :n])
+            d_w_hh.baddbmm_(dWH[:, :n].transpose(1, 2), h_prev[t])
+        d_ln = (x.sum(1) for x in (sum_dyx_hh, sum_dyx_c, sum_dY_c))  # LN_hh's gain, LN_c's gain and shift
+        return dxg, None, dh if want_h0 else None, dc, d_w_hh, *d_ln, None
 
 
 def packed_lstm(xg, packing, h0, c0, w_hh, w_hr=None):
