@@ -31,7 +31,10 @@ kernels backwards. Here the forward stores the gate activations in (dirs, N, G) 
 backward walks back in time writing the gate gradients into one (dirs, N, G) buffer, in place and
 in cache, and then gets dW_hh (and dW_hr) from ONE batched matmul over all N rows. Per-step views
 of every buffer are made once by ``split`` along dim 1 so the loops spend their time in kernels,
-not in Python indexing.
+not in Python indexing. The LayerNorm-LSTM's backward has more per-step temporaries: they are
+(dirs, B, ·) scratch reused at every step (:class:`_Rows`), and its dW_hh is summed step by step
+from that scratch, which measured faster than new (dirs, N, ·) buffers: those are new memory on
+every call, paid for in page faults.
 
 Letters: dirs directions (1 or 2), T time, S steps run (the longest length), B batch, N real steps
 in all (sum of lengths), n = n_t sequences running at step t, H hidden, P output size (H or
@@ -39,6 +42,8 @@ proj_size), G gates (4H or 3H).
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -241,17 +246,24 @@ class _GRU(torch.autograd.Function):
         return dxg, None, dh if want_h0 else None, d_w_hh, d_b_hh
 
 
-def _layer_norm_grad_(dy, weight, neg_weight_mean, rstd, xhat, out, dy_xhat, d_weight, s1, s2):
-    """dLoss/dx of y = xhat * weight + bias, xhat = (x - mean) * rstd, for rows of (dirs, n, K), into out.
+class _Rows:
+    """(dirs, B, ·) scratch buffers reused at every step, handed out as their first n rows (the running
+    sequences) with the views made once per distinct n rather than sliced again at every step."""
 
-    dx = rstd * (dy w - mean(dy w) - xhat * mean(dy w xhat)); the row means are matmuls with
-    ``neg_weight_mean`` = -w / K (dirs, K, 1); ``weight`` is (dirs, 1, K). dy * xhat, the summand of
-    dLoss/dw, is made in the scratch ``dy_xhat`` and added into the per-row sums ``d_weight``.
-    """
-    torch.bmm(dy, neg_weight_mean, out=s1)  # (dirs, n, 1)
-    torch.bmm(torch.mul(dy, xhat, out=dy_xhat), neg_weight_mean, out=s2)  # (dirs, n, 1)
-    d_weight.add_(dy_xhat)
-    return torch.addcmul(s1, dy, weight, out=out).addcmul_(xhat, s2).mul_(rstd)
+    def __init__(self, **buffers: torch.Tensor):
+        self._buffers, self._views = buffers, {}
+
+    def __call__(self, n: int) -> SimpleNamespace:
+        if n not in self._views:
+            self._views[n] = SimpleNamespace(**{name: b[:, :n] for name, b in self._buffers.items()})
+        return self._views[n]
+
+
+def _layer_norm_grad_(dy, weight, xhat, s1, s2, out):
+    """dLoss/dx / rstd of y = xhat * weight + bias, xhat = (x - mean) * rstd, for rows of (dirs, n, K), into
+    ``out``, given the row means s1 = -mean(dy w) and s2 = -mean(dy w xhat) (dirs, n, 1); ``weight`` is
+    (dirs, 1, K). dx = rstd * (dy w + s1 + xhat s2): the caller applies rstd where it puts the result."""
+    return torch.addcmul(s1, dy, weight, out=out).addcmul_(xhat, s2)
 
 
 class _LayerNormLSTM(torch.autograd.Function):
@@ -260,11 +272,10 @@ class _LayerNormLSTM(torch.autograd.Function):
         dirs, N, G = xg.shape
         H = G // 4
         A = xg  # activated gates i, f, g, o, in place of their inputs
-        # LN_hh's and LN_c's normalised inputs, (dirs, n, 4H) and (dirs, n, H) per step: kept as
-        # layer_norm returns them, since copying them into one buffer costs more than it saves
-        xhat_hh, xhat_c = [], []
-        # 1/std of LN_hh, LN_c: (dirs, n, 1) per step
-        rstd_hh, rstd_c = [xg.new_empty(dirs, 0, 1)], [xg.new_empty(dirs, 0, 1)]
+        # LN_hh's and LN_c's normalised inputs, (dirs, n, 4H) and (dirs, n, H) per step, and their 1/std,
+        # (dirs, n, 1): kept as layer_norm returns them, since copying them into one buffer costs more
+        # than it saves
+        xhat_hh, xhat_c, rstd_hh, rstd_c = [], [], [], []
         h_all = xg.new_empty(dirs, N, H)
         c_all = xg.new_empty(dirs, N, H)
         tc_all = xg.new_empty(dirs, N, H)  # tanh(LN_c(c))
@@ -289,8 +300,7 @@ class _LayerNormLSTM(torch.autograd.Function):
             _take_final_(t, sizes, ((h_n, h[t]), (c_n, c[t])))
         ctx.sizes = sizes
         ctx.save_for_backward(
-            h0, c0, w_hh, ln_hh_weight, ln_c_weight, A, torch.cat(rstd_hh, 1), torch.cat(rstd_c, 1), h_all, c_all,
-            tc_all, *xhat_hh, *xhat_c,
+            h0, c0, w_hh, ln_hh_weight, ln_c_weight, A, h_all, c_all, tc_all, *xhat_hh, *xhat_c, *rstd_hh, *rstd_c
         )
         return h_all, h_n, c_n
 
@@ -299,43 +309,51 @@ class _LayerNormLSTM(torch.autograd.Function):
     def backward(ctx, d_out, d_h_n, d_c_n):
         sizes, want_h0 = ctx.sizes, ctx.needs_input_grad[2]
         saved, S = ctx.saved_tensors, len(sizes)
-        k = len(saved) - 2 * S  # the tensors saved once, then LN_hh's and LN_c's normalised inputs per step
-        (h0, c0, w_hh, ln_hh_w, ln_c_w, A, rstd_hh_all, rstd_c_all, h_all, c_all, tc_all) = saved[:k]
-        xhat_hh, xhat_c = saved[k : k + S], saved[k + S :]
-        G = A.shape[-1]
-        H = G // 4
+        k = len(saved) - 4 * S  # the tensors saved once, then four per step
+        h0, c0, w_hh, ln_hh_w, ln_c_w, A, h_all, c_all, tc_all = saved[:k]
+        xhat_hh, xhat_c, rstd_hh, rstd_c = (saved[k + i * S : k + (i + 1) * S] for i in range(4))
+        dirs, G = A.shape[0], A.shape[-1]
+        H, B = G // 4, d_h_n.shape[1]
         dxg = torch.empty_like(A)  # = gradient of the gates = of LN_hh's output
-        dWH = A.new_empty(*d_h_n.shape[:2], G)  # gradient of h W_hh^T, one step's rows at a time
         d_w_hh = A.new_zeros(w_hh.shape)  # (dirs, 4H, H), summed step by step while dWH is in cache
-        # The gradients of LN_c's output and the products dY * xhat are only summed over the rows (for
-        # the layer norms' gains and LN_c's shift): (dirs, B, ·) scratch, reused every step and added
-        # into per-row sums, rather than (dirs, N, ·) buffers that would be new memory on every call.
-        dY_c, dyx_hh, dyx_c = A.new_empty(d_h_n.shape), A.new_empty(*d_h_n.shape[:2], G), A.new_empty(d_h_n.shape)
-        sum_dY_c, sum_dyx_hh, sum_dyx_c = (torch.zeros_like(x) for x in (dY_c, dyx_hh, dyx_c))
+        # LN_c's output gradient dY_c and dY_c * xhat_c are one (2 dirs, B, H) tensor, so that one batched
+        # matmul makes both row means of LN_c's backward and one add sums both over the rows (for LN_c's
+        # shift and gain); dY_hh * xhat_hh is only summed (for LN_hh's gain). Every per-step tensor of the
+        # backward is such (·, B, ·) scratch, reused at every step, rather than new (dirs, N, ·) memory.
+        pair_c, pair_means = A.new_empty(2 * dirs, B, H), A.new_empty(2 * dirs, B, 1)
+        dyx_hh = A.new_empty(dirs, B, G)
+        sum_pair_c, sum_dyx_hh = torch.zeros_like(pair_c), torch.zeros_like(dyx_hh)
+        rows = _Rows(
+            dh=_start(d_h_n), dc=_start(d_c_n), pair_c=pair_c, dY_c=pair_c[:dirs], dyx_c=pair_c[dirs:],
+            sum_pair_c=sum_pair_c, pair_means=pair_means, s1_c=pair_means[:dirs], s2_c=pair_means[dirs:],
+            dyx_hh=dyx_hh, sum_dyx_hh=sum_dyx_hh, s1_hh=A.new_empty(dirs, B, 1), s2_hh=A.new_empty(dirs, B, 1),
+            dWH=A.new_empty(dirs, B, G), dc_ln=A.new_empty(dirs, B, H), tmp=A.new_empty(dirs, B, H),
+        )  # dh, dc as in _LSTM.backward; dWH: gradient of h W_hh^T
         a, d = _LSTMGates(A, sizes), _LSTMGates(dxg, sizes)
         c_prev, d_o = _previous(c0, _steps(c_all, sizes), sizes), _steps(d_out, sizes)
         tc, h_prev = _steps(tc_all, sizes), _previous(h0, _steps(h_all, sizes), sizes)
-        rstd_hh, rstd_c = _steps(rstd_hh_all, sizes), _steps(rstd_c_all, sizes)
-        neg_mean_hh, neg_mean_c = -ln_hh_w[..., None] / G, -ln_c_w[..., None] / H  # (dirs, G, 1), (dirs, H, 1)
+        # -w / K as (dirs, K, 1) matrices: row means as matmuls; LN_c's twice over, for its pair
+        neg_mean_hh, neg_mean_c = -ln_hh_w[..., None] / G, (-ln_c_w[..., None] / H).repeat(2, 1, 1)
         gain_hh, gain_c = ln_hh_w[:, None], ln_c_w[:, None]  # (dirs, 1, G), (dirs, 1, H)
-        dh, dc = _start(d_h_n), _start(d_c_n)  # as in _LSTM.backward
-        tmp, dc_ln = A.new_empty(dc.shape), A.new_empty(dc.shape)
-        s1, s2 = A.new_empty(*dc.shape[:2], 1), A.new_empty(*dc.shape[:2], 1)
         for t in reversed(range(len(sizes))):
-            n = sizes[t]
-            dh_t = dh[:, :n].add_(d_o[t])
-            _output_gate_grad_(a, d, t, dh_t, tc[t], dY_c[:, :n])
-            sum_dY_c[:, :n].add_(dY_c[:, :n])
-            _layer_norm_grad_(dY_c[:, :n], gain_c, neg_mean_c, rstd_c[t], xhat_c[t], dc_ln[:, :n], dyx_c[:, :n],
-                              sum_dyx_c[:, :n], s1[:, :n], s2[:, :n])
-            _cell_grad_(a, d, t, dc[:, :n].add_(dc_ln[:, :n]), c_prev[t], tmp[:, :n])
-            _layer_norm_grad_(d.all[t], gain_hh, neg_mean_hh, rstd_hh[t], xhat_hh[t], dWH[:, :n], dyx_hh[:, :n],
-                              sum_dyx_hh[:, :n], s1[:, :n], s2[:, :n])
+            r = rows(sizes[t])
+            dh_t = r.dh.add_(d_o[t])
+            _output_gate_grad_(a, d, t, dh_t, tc[t], r.dY_c)
+            torch.mul(r.dY_c, xhat_c[t], out=r.dyx_c)
+            torch.bmm(r.pair_c, neg_mean_c, out=r.pair_means)
+            r.sum_pair_c.add_(r.pair_c)
+            _layer_norm_grad_(r.dY_c, gain_c, xhat_c[t], r.s1_c, r.s2_c, r.dc_ln)
+            _cell_grad_(a, d, t, r.dc.addcmul_(r.dc_ln, rstd_c[t]), c_prev[t], r.tmp)
+            torch.bmm(d.all[t], neg_mean_hh, out=r.s1_hh)
+            torch.bmm(torch.mul(d.all[t], xhat_hh[t], out=r.dyx_hh), neg_mean_hh, out=r.s2_hh)
+            r.sum_dyx_hh.add_(r.dyx_hh)
+            _layer_norm_grad_(d.all[t], gain_hh, xhat_hh[t], r.s1_hh, r.s2_hh, r.dWH).mul_(rstd_hh[t])
             if t > 0 or want_h0:
-                torch.bmm(dWH[:, :n], w_hh, out=dh[:, :n])
-            d_w_hh.baddbmm_(dWH[:, :n].transpose(1, 2), h_prev[t])
-        d_ln = (x.sum(1) for x in (sum_dyx_hh, sum_dyx_c, sum_dY_c))  # LN_hh's gain, LN_c's gain and shift
-        return dxg, None, dh if want_h0 else None, dc, d_w_hh, *d_ln, None
+                torch.bmm(r.dWH, w_hh, out=r.dh)
+            d_w_hh.baddbmm_(r.dWH.transpose(1, 2), h_prev[t])
+        d_ln_c_bias, d_ln_c_weight = sum_pair_c.sum(1).chunk(2)
+        dh, dc = rows(B).dh, rows(B).dc
+        return dxg, None, dh if want_h0 else None, dc, d_w_hh, sum_dyx_hh.sum(1), d_ln_c_weight, d_ln_c_bias, None
 
 
 def packed_lstm(xg, packing, h0, c0, w_hh, w_hr=None):
