@@ -66,7 +66,10 @@ def _layernorm_lstm(x, packing, state, weights, has_biases):
     shifts = [sum(column) for column in zip(*terms)]
     projected = _project(x, packing, w_ih, None)  # (dirs, N, 4H)
     G = projected.shape[-1]
-    xg = _stack(tuple(F.layer_norm(p, (G,), w, b) for p, w, b in zip(projected, ln_ih_weight, shifts)))
+    if len(shifts) == 1:  # on the whole tensor: splitting it up costs a copy of its gradient
+        xg = F.layer_norm(projected, (G,), ln_ih_weight[0], shifts[0])
+    else:
+        xg = torch.stack([F.layer_norm(p, (G,), w, b) for p, w, b in zip(projected, ln_ih_weight, shifts)])
     recurrent = (_stack(w) for w in (w_hh, ln_hh_weight, ln_c_weight, ln_c_bias))
     return _recurrence.packed_layernorm_lstm(xg, packing, *state, *recurrent)
 
