@@ -396,7 +396,9 @@ def _padded(packed, xg, lengths, *args):
     T, B = xg.shape[:2]
     packing = Packing(None if lengths is None else lengths.to(xg.device), T, B)
     args = [a.unsqueeze(0) if isinstance(a, torch.Tensor) else a for a in args]
-    xg = packing.pack(xg).unsqueeze(0).clone()  # the caller's own: the packed loop overwrites its input
+    xg = packing.pack(xg).unsqueeze(0)
+    if packing.order is None:  # then packing is a view of the caller's tensor, which the loop would overwrite
+        xg = xg.clone()
     out, *finals = packed(xg, packing, *args)
     return (packing.unpack(out[0]), *(f[0] for f in finals))
 
