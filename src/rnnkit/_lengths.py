@@ -78,18 +78,21 @@ def permute(x: torch.Tensor, dim: int, index: torch.Tensor, inverse: torch.Tenso
     return _Permute.apply(rows, (offsets + index).view(-1), (offsets + inverse).view(-1)).view(x.shape)
 
 
-def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
     """Reverse each sequence of ``x`` (T, B, *) within its own length; padding stays in place.
 
     This is what makes the backward direction of a bidirectional layer start at each sequence's
     own last element rather than at the padding. As a permutation of the (T * B) rows it is its own
-    inverse, so its gradient is the same reversal.
+    inverse, so its gradient is the same reversal. With ``order`` (B,), a permutation of the batch,
+    it reverses ``x[:, order]`` (``lengths`` given in that order) in one gather instead of two.
     """
     T, B = x.shape[:2]
     steps = torch.arange(T, device=x.device)[:, None]  # (T, 1)
     source = torch.where(steps < lengths, lengths - 1 - steps, steps)  # (T, B) step read at (t, b)
-    rows = (source * B + torch.arange(B, device=x.device)).view(-1)  # (T * B,) flat row read at (t, b)
-    return permute(x.reshape(T * B, *x.shape[2:]), 0, rows, rows).view(x.shape)
+    columns = torch.arange(B, device=x.device) if order is None else order  # (B,) sequence read at b
+    rows = (source * B + columns).view(-1)  # (T * B,) flat row read at (t, b)
+    inverse = rows if order is None else torch.empty_like(rows).scatter_(0, rows, torch.arange(T * B, device=x.device))
+    return permute(x.reshape(T * B, *x.shape[2:]), 0, rows, inverse).view(x.shape)
 
 
 def gather_last(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -174,21 +174,22 @@ def _run_chunked(mode, x, lengths, hx, weights, has_biases, bounds):
     """Both directions of a flagged ``x`` (T, B, D + 1), in time chunks over the length-sorted batch."""
     order = torch.argsort(lengths, descending=True, stable=True)  # (B,), longest first
     unsort = torch.argsort(order)
-    x, lengths = permute(x, 1, order, unsort), lengths[order]
+    x_sorted, sorted_lengths = permute(x, 1, order, unsort), lengths[order]
     if hx is None:
-        hx = _zero_state(mode, x, weights[0][1], len(weights))
+        hx = _zero_state(mode, x_sorted, weights[0][1], len(weights))
     hx = tuple(permute(s, 1, order, unsort) for s in hx)
-    active = [int((lengths > t).sum()) for t in bounds]  # sequences running at each boundary, a prefix
+    active = [int((sorted_lengths > t).sum()) for t in bounds]  # sequences running at each boundary, a prefix
 
     outputs, finals = [], []
     for d, direction in enumerate(weights):
-        # Reversed within its length, every sequence starts at step 0 and fits the same chunks.
-        x_d = x if d == 0 else reverse_padded(x, lengths)
+        # Reversed within its length, every sequence starts at step 0 and fits the same chunks. Each
+        # permutation of x and of the output is one gather: sorting (or unsorting) and reversing at once.
+        x_d = x_sorted if d == 0 else reverse_padded(x, sorted_lengths, order)
         out, states = _chunk_loop(mode, x_d, tuple(s[d : d + 1] for s in hx), direction, has_biases, bounds,
                                   active)
-        outputs.append(out if d == 0 else reverse_padded(out, lengths))
+        outputs.append(permute(out, 1, unsort, order) if d == 0 else reverse_padded(out, lengths, unsort))
         finals.append(states)
-    output = permute(torch.cat(outputs, -1), 1, unsort, order)  # (T, B, dirs * H_out)
+    output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, -1)  # (T, B, dirs * H_out)
     return output, tuple(permute(torch.cat(pair), 1, unsort, order) for pair in zip(*finals))
 
 
