@@ -42,6 +42,16 @@ def test_reverse_padded_gradient_is_the_reversed_gradient(batch):
     assert torch.autograd.gradcheck(lambda v: reverse_padded(v, lengths), (x.detach().requires_grad_(),))
 
 
+@settings(max_examples=40, deadline=None)
+@given(padded_batches(), st.randoms(use_true_random=False))
+def test_reverse_padded_with_an_order_reverses_the_permuted_batch(batch, rng):
+    x, lengths = batch
+    order = torch.tensor(rng.sample(range(len(lengths)), len(lengths)))
+    got = reverse_padded(x, lengths[order], order)
+    assert torch.equal(got, reverse_padded(x[:, order], lengths[order]))
+    assert torch.autograd.gradcheck(lambda v: reverse_padded(v, lengths[order], order), (x.detach().requires_grad_(),))
+
+
 @pytest.mark.parametrize("dim", [0, 1, 2])
 @pytest.mark.parametrize("contiguous", [True, False])
 def test_permute_matches_index_select_with_first_and_second_derivatives(dim, contiguous):
