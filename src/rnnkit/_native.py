@@ -51,7 +51,6 @@ from __future__ import annotations
 from bisect import bisect_right
 
 import torch
-import torch.nn.functional as F
 
 from ._lengths import gather_last, permute, reverse_padded, step_mask
 
@@ -122,18 +121,18 @@ def run_layer(mode, x, lengths, hx, weights, *, has_biases, max_chunks=None):
     weights = [[_with_flag_column(mode, direction[0]), *direction[1:]] for direction in weights]
 
     bounds = _chunk_bounds(lengths, max_chunks)
-    if len(bounds) > 2:
+    if len(bounds) > 2:  # its output is already 0 at padding steps
         output, states = _run_chunked(mode, x, lengths, hx, weights, has_biases, bounds)
     elif hx is None or dirs == 1:
         output, states = _both_directions(mode, x, hx, weights, has_biases)
+        output = output * keep
     else:
         # A nonzero initial state must meet each sequence's last element first, not the padding.
         out_f, states_f = _fused(mode, x, tuple(s[:1] for s in hx), weights[0], has_biases=has_biases)
         out_r, states_r = _fused(mode, reverse_padded(x, lengths), tuple(s[1:] for s in hx), weights[1],
                                  has_biases=has_biases)
-        output = torch.cat([out_f, reverse_padded(out_r, lengths)], -1)  # (T, B, 2 * H_out)
+        output = torch.cat([out_f, reverse_padded(out_r, lengths)], -1) * keep  # (T, B, 2 * H_out)
         states = tuple(torch.cat(pair) for pair in zip(states_f, states_r))
-    output = output * keep
 
     # h_n from the output: the forward direction ends at lengths - 1, the reverse one at step 0.
     H_out = output.shape[-1] // dirs
@@ -172,6 +171,7 @@ def _chunk_bounds(lengths, max_chunks=None) -> list[int]:
 
 def _run_chunked(mode, x, lengths, hx, weights, has_biases, bounds):
     """Both directions of a flagged ``x`` (T, B, D + 1), in time chunks over the length-sorted batch."""
+    T = x.shape[0]
     order = torch.argsort(lengths, descending=True, stable=True)  # (B,), longest first
     unsort = torch.argsort(order)
     x_sorted, sorted_lengths = permute(x, 1, order, unsort), lengths[order]
@@ -179,23 +179,46 @@ def _run_chunked(mode, x, lengths, hx, weights, has_biases, bounds):
         hx = _zero_state(mode, x_sorted, weights[0][1], len(weights))
     hx = tuple(permute(s, 1, order, unsort) for s in hx)
     active = [int((sorted_lengths > t).sum()) for t in bounds]  # sequences running at each boundary, a prefix
+    rows = _chunk_rows(bounds, active, sorted_lengths, T)[:, unsort]  # (T, B) in batch order
+    steps = torch.arange(T, device=x.device)[:, None]  # (T, 1)
+    # the reverse direction's output at step t of sequence b is its step lengths[b] - 1 - t
+    reversed_steps = torch.where(steps < lengths, lengths - 1 - steps, steps)  # (T, B)
 
     outputs, finals = [], []
     for d, direction in enumerate(weights):
-        # Reversed within its length, every sequence starts at step 0 and fits the same chunks. Each
-        # permutation of x and of the output is one gather: sorting (or unsorting) and reversing at once.
-        x_d = x_sorted if d == 0 else reverse_padded(x, sorted_lengths, order)
-        out, states = _chunk_loop(mode, x_d, tuple(s[d : d + 1] for s in hx), direction, has_biases, bounds,
-                                  active)
-        outputs.append(permute(out, 1, unsort, order) if d == 0 else reverse_padded(out, lengths, unsort))
+        # Reversed within its length, every sequence starts at step 0 and fits the same chunks.
+        x_d = x_sorted if d == 0 else reverse_padded(x, sorted_lengths, order)  # sorted and reversed, one gather
+        flat, states = _chunk_loop(mode, x_d, tuple(s[d : d + 1] for s in hx), direction, has_biases, bounds,
+                                   active)
+        rows_d = rows if d == 0 else rows.gather(0, reversed_steps)  # (T, B) row of flat at each position
+        # One gather makes the (T, B, H_out) output in batch order, in forward time, 0 at padding steps.
+        outputs.append(flat.index_select(0, rows_d.view(-1)).view(T, len(lengths), -1))
         finals.append(states)
     output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, -1)  # (T, B, dirs * H_out)
     return output, tuple(permute(torch.cat(pair), 1, unsort, order) for pair in zip(*finals))
 
 
+def _chunk_rows(bounds, active, sorted_lengths, T):
+    """(T, B) the row of :func:`_chunk_loop`'s flat output that holds step t of sorted sequence j; the
+    index of its last, zero row where step t is padding."""
+    B = sorted_lengths.shape[0]
+    sizes = [(stop - start) * n for start, stop, n in zip(bounds, bounds[1:], active)]
+    grid = torch.full((T, B), sum(sizes), dtype=torch.long, device=sorted_lengths.device)
+    offset = 0
+    for start, stop, n, size in zip(bounds, bounds[1:], active, sizes):
+        grid[start:stop, :n] = torch.arange(offset, offset + size, device=grid.device).view(stop - start, n)
+        offset += size
+    steps = torch.arange(T, device=grid.device)[:, None]  # (T, 1)
+    return grid.masked_fill_(steps >= sorted_lengths, sum(sizes))  # chunks run padding steps too
+
+
 def _chunk_loop(mode, x, hx, weights, has_biases, bounds, active):
-    """One direction over sorted ``x`` (T, B, D + 1), one fused call per chunk on its active prefix."""
-    T, B = x.shape[:2]
+    """One direction over sorted ``x`` (T, B, D + 1), one fused call per chunk on its active prefix.
+
+    Returns the chunks' outputs flattened and stacked, (sum of chunk length x n, H_out), with a zero
+    row last (see :func:`_chunk_rows`), and the final states (1, B, ·) in sorted order.
+    """
+    T = x.shape[0]
     state, outputs = hx, []
     finals = [tuple(s[:, active[0] :] for s in hx)]  # length 0: the initial state
     # Split, not sliced per chunk: the gradient of a slice is a zero tensor of x's full size.
@@ -203,10 +226,10 @@ def _chunk_loop(mode, x, hx, weights, has_biases, bounds, active):
     for chunk, n, n_next in zip(chunks, active, active[1:]):
         out, state = _fused(mode, chunk[:, :n], tuple(s[:, :n] for s in state), weights,
                             has_biases=has_biases)  # (chunk length, n, H_out)
-        outputs.append(F.pad(out, (0, 0, 0, B - n)))  # (chunk length, B, H_out)
+        outputs.append(out.reshape(-1, out.shape[-1]))
         finals.insert(0, tuple(s[:, n_next:] for s in state))  # the sequences that end in this chunk
-    outputs.append(out.new_zeros(T - bounds[-1], B, out.shape[-1]))
-    return torch.cat(outputs), tuple(torch.cat(pieces, 1) for pieces in zip(*finals))  # (T, B, H_out), (1, B, ·)
+    outputs.append(out.new_zeros(1, out.shape[-1]))
+    return torch.cat(outputs), tuple(torch.cat(pieces, 1) for pieces in zip(*finals))
 
 
 def _both_directions(mode, x, hx, weights, has_biases):
