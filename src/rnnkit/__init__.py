@@ -1,5 +1,6 @@
 """rnnkit: recurrent sequence models from their equations, length-aware, nn.LSTM-compatible."""
 
+from rnnkit import _vml
 from rnnkit.batching import (
     BucketBatchSampler,
     budget_batches,
@@ -19,6 +20,8 @@ from rnnkit.layers import GRU, LSTM, LayerNormLSTM
 from rnnkit.vocab import Vocab, char_tokenize, whitespace_tokenize, word_tokenize
 
 __version__ = "0.1.0"
+
+_vml.settle_dispatch()
 
 __all__: list[str] = [
     "LSTMCell", "GRUCell", "LayerNormLSTMCell", "LSTMState", "LSTM", "GRU", "LayerNormLSTM",
