@@ -9,7 +9,7 @@ import math
 
 import torch
 
-__all__ = ["check_lengths", "step_mask", "permute", "reverse_padded", "gather_last"]
+__all__ = ["check_lengths", "step_mask", "permute", "reversed_steps", "reverse_padded", "gather_last"]
 
 
 def check_lengths(lengths, batch_size: int, max_len: int, device: torch.device) -> torch.Tensor:
@@ -78,6 +78,13 @@ def permute(x: torch.Tensor, dim: int, index: torch.Tensor, inverse: torch.Tenso
     return _Permute.apply(rows, (offsets + index).view(-1), (offsets + inverse).view(-1)).view(x.shape)
 
 
+def reversed_steps(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(T, B) the step of sequence b that :func:`reverse_padded` puts at step t: ``lengths[b] - 1 - t``
+    at real steps, t itself at padding."""
+    steps = torch.arange(max_len, device=lengths.device)[:, None]  # (T, 1)
+    return torch.where(steps < lengths, lengths - 1 - steps, steps)
+
+
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
     """Reverse each sequence of ``x`` (T, B, *) within its own length; padding stays in place.
 
@@ -87,8 +94,7 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor, order: torch.Tensor |
     it reverses ``x[:, order]`` (``lengths`` given in that order) in one gather instead of two.
     """
     T, B = x.shape[:2]
-    steps = torch.arange(T, device=x.device)[:, None]  # (T, 1)
-    source = torch.where(steps < lengths, lengths - 1 - steps, steps)  # (T, B) step read at (t, b)
+    source = reversed_steps(lengths, T)  # (T, B) step read at (t, b)
     columns = torch.arange(B, device=x.device) if order is None else order  # (B,) sequence read at b
     rows = (source * B + columns).view(-1)  # (T * B,) flat row read at (t, b)
     inverse = rows if order is None else torch.empty_like(rows).scatter_(0, rows, torch.arange(T * B, device=x.device))

@@ -52,7 +52,7 @@ from bisect import bisect_right
 
 import torch
 
-from ._lengths import gather_last, permute, reverse_padded, step_mask
+from ._lengths import gather_last, permute, reverse_padded, reversed_steps, step_mask
 
 __all__ = ["run_layer", "run_stack"]
 
@@ -180,9 +180,6 @@ def _run_chunked(mode, x, lengths, hx, weights, has_biases, bounds):
     hx = tuple(permute(s, 1, order, unsort) for s in hx)
     active = [int((sorted_lengths > t).sum()) for t in bounds]  # sequences running at each boundary, a prefix
     rows = _chunk_rows(bounds, active, sorted_lengths, T)[:, unsort]  # (T, B) in batch order
-    steps = torch.arange(T, device=x.device)[:, None]  # (T, 1)
-    # the reverse direction's output at step t of sequence b is its step lengths[b] - 1 - t
-    reversed_steps = torch.where(steps < lengths, lengths - 1 - steps, steps)  # (T, B)
 
     outputs, finals = [], []
     for d, direction in enumerate(weights):
@@ -190,7 +187,8 @@ def _run_chunked(mode, x, lengths, hx, weights, has_biases, bounds):
         x_d = x_sorted if d == 0 else reverse_padded(x, sorted_lengths, order)  # sorted and reversed, one gather
         flat, states = _chunk_loop(mode, x_d, tuple(s[d : d + 1] for s in hx), direction, has_biases, bounds,
                                    active)
-        rows_d = rows if d == 0 else rows.gather(0, reversed_steps)  # (T, B) row of flat at each position
+        # (T, B) row of flat at each position; the reverse direction's step t is its step lengths - 1 - t
+        rows_d = rows if d == 0 else rows.gather(0, reversed_steps(lengths, T))
         # One gather makes the (T, B, H_out) output in batch order, in forward time, 0 at padding steps.
         outputs.append(flat.index_select(0, rows_d.view(-1)).view(T, len(lengths), -1))
         finals.append(states)
@@ -203,13 +201,13 @@ def _chunk_rows(bounds, active, sorted_lengths, T):
     index of its last, zero row where step t is padding."""
     B = sorted_lengths.shape[0]
     sizes = [(stop - start) * n for start, stop, n in zip(bounds, bounds[1:], active)]
-    grid = torch.full((T, B), sum(sizes), dtype=torch.long, device=sorted_lengths.device)
+    zero_row = sum(sizes)
+    grid = torch.full((T, B), zero_row, dtype=torch.long, device=sorted_lengths.device)
     offset = 0
     for start, stop, n, size in zip(bounds, bounds[1:], active, sizes):
         grid[start:stop, :n] = torch.arange(offset, offset + size, device=grid.device).view(stop - start, n)
         offset += size
-    steps = torch.arange(T, device=grid.device)[:, None]  # (T, 1)
-    return grid.masked_fill_(steps >= sorted_lengths, sum(sizes))  # chunks run padding steps too
+    return grid.masked_fill_(~step_mask(sorted_lengths, T), zero_row)  # chunks run padding steps too
 
 
 def _chunk_loop(mode, x, hx, weights, has_biases, bounds, active):

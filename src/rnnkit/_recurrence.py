@@ -323,12 +323,13 @@ class _LayerNormLSTM(torch.autograd.Function):
         pair_c, pair_means = A.new_empty(2 * dirs, B, H), A.new_empty(2 * dirs, B, 1)
         dyx_hh = A.new_empty(dirs, B, G)
         sum_pair_c, sum_dyx_hh = torch.zeros_like(pair_c), torch.zeros_like(dyx_hh)
+        dh, dc = _start(d_h_n), _start(d_c_n)  # as in _LSTM.backward
         rows = _Rows(
-            dh=_start(d_h_n), dc=_start(d_c_n), pair_c=pair_c, dY_c=pair_c[:dirs], dyx_c=pair_c[dirs:],
+            dh=dh, dc=dc, pair_c=pair_c, dY_c=pair_c[:dirs], dyx_c=pair_c[dirs:],
             sum_pair_c=sum_pair_c, pair_means=pair_means, s1_c=pair_means[:dirs], s2_c=pair_means[dirs:],
             dyx_hh=dyx_hh, sum_dyx_hh=sum_dyx_hh, s1_hh=A.new_empty(dirs, B, 1), s2_hh=A.new_empty(dirs, B, 1),
             dWH=A.new_empty(dirs, B, G), dc_ln=A.new_empty(dirs, B, H), tmp=A.new_empty(dirs, B, H),
-        )  # dh, dc as in _LSTM.backward; dWH: gradient of h W_hh^T
+        )  # dWH: gradient of h W_hh^T
         a, d = _LSTMGates(A, sizes), _LSTMGates(dxg, sizes)
         c_prev, d_o = _previous(c0, _steps(c_all, sizes), sizes), _steps(d_out, sizes)
         tc, h_prev = _steps(tc_all, sizes), _previous(h0, _steps(h_all, sizes), sizes)
@@ -352,7 +353,6 @@ class _LayerNormLSTM(torch.autograd.Function):
                 torch.bmm(r.dWH, w_hh, out=r.dh)
             d_w_hh.baddbmm_(r.dWH.transpose(1, 2), h_prev[t])
         d_ln_c_bias, d_ln_c_weight = sum_pair_c.sum(1).chunk(2)
-        dh, dc = rows(B).dh, rows(B).dc
         return dxg, None, dh if want_h0 else None, dc, d_w_hh, sum_dyx_hh.sum(1), d_ln_c_weight, d_ln_c_bias, None
 
 
