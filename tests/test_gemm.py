@@ -102,9 +102,14 @@ def test_no_rows(library):
     assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in (*w, *b))
 
 
-@pytest.mark.parametrize("vendor, mkl", [("GenuineIntel", True), ("AuthenticAMD", False), ("", False)])
-def test_mkl_is_taken_on_intel_cpus_only(vendor, mkl, monkeypatch):
+@pytest.mark.parametrize("vendor, capability, mkl", [
+    ("GenuineIntel", "AVX512", True), ("GenuineIntel", "AVX2", True),
+    ("AuthenticAMD", "AVX512", False), ("AuthenticAMD", "AVX2", True),
+    ("", "SVE256", False), ("", "AVX512", False),
+])
+def test_mkl_is_taken_on_intel_cpus_and_where_avx2_is_the_widest(vendor, capability, mkl, monkeypatch):
     monkeypatch.setattr(_gemm, "_cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     _gemm._mkl_is_fast.cache_clear()
     try:
         assert _gemm._mkl_is_fast() is mkl

@@ -2,15 +2,16 @@
 
 torch's CPU wheel multiplies float32 matrices through MKL in ``torch.mm``/``bmm``/``nn.Linear`` but through
 oneDNN in its fused ``nn.LSTM`` and in the linear op that its compiler emits for CPU code
-(``torch.ops.mkldnn._linear_pointwise``, a @ w^T). Which is faster depends on the vendor: MKL takes its
-AVX-512 code on Intel processors only. On an AVX-512 AMD EPYC it ran at the AVX2 rate and oneDNN was twice
-as fast; on an AVX-512 Intel Xeon MKL was as fast or a little faster (see BENCHMARKS.md).
+(``torch.ops.mkldnn._linear_pointwise``, a @ w^T). Which is faster depends on the vendor and the vector
+unit: MKL takes its AVX-512 code on Intel processors only. On an AVX-512 AMD EPYC (Zen 4) it ran at the AVX2
+rate and oneDNN was twice as fast; on an AVX-512 Intel Xeon MKL was as fast or a little faster; on an AMD
+EPYC without AVX-512 (Zen 3), where both run AVX2 code, MKL was 10 to 25% faster (see BENCHMARKS.md).
 
 :func:`project` computes a layer's input projection, x W_ih^T for every real step of every direction, and
-its two gradients: through oneDNN on CPUs of other vendors (for the weight gradient dY^T X oneDNN first
-copies the two operands into transposed layouts, and on the EPYC is still faster than MKL reading them in
-place), and through ``torch.mm`` on Intel's, for other dtypes and devices, and where a torch build lacks
-the op.
+its two gradients: through oneDNN on CPUs where MKL is not the faster (for the weight gradient dY^T X oneDNN
+first copies the two operands into transposed layouts, and on the Zen 4 EPYC is still faster than MKL
+reading them in place), and through ``torch.mm`` on Intel's and on x86 CPUs without AVX-512, for other
+dtypes and devices, and where a torch build lacks the op.
 
 Each direction is one product over all its rows, written straight into its half of the (dirs, N, M)
 result. The reverse direction reads the same steps in another order (each sequence backwards), and a row
@@ -44,8 +45,9 @@ def _cpu_vendor(cpuinfo_path: str = "/proc/cpuinfo") -> str:
 
 @functools.cache
 def _mkl_is_fast() -> bool:
-    """Whether MKL runs its fastest kernels here: on Intel CPUs only."""
-    return _cpu_vendor() == "GenuineIntel"
+    """Whether MKL runs at least as fast as oneDNN here: on Intel CPUs, where it takes its best kernels, and on
+    x86 CPUs whose widest vector unit is AVX2, where neither library has wider kernels to take."""
+    return _cpu_vendor() == "GenuineIntel" or torch.backends.cpu.get_cpu_capability() == "AVX2"
 
 
 @functools.cache
