@@ -464,6 +464,12 @@ def test_bad_flag_values_are_one_line_errors(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_diverged_training_is_a_one_line_error(tmp_path, capsys):
+    assert _train(tmp_path / "run", "--lr", "1e30") == 1  # the first steps overflow the weights
+    assert "epoch 1: the mean training loss is nan: the weights diverged" in _error_line(capsys)
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
 def test_ablation_rejects_a_variant_flag(tmp_path, capsys):
     assert main(["train", "--ablation", "--no-speaker", "--out", str(tmp_path / "x")]) == 2
     assert "--ablation trains the no-context and no-speaker variants itself" in _error_line(capsys)

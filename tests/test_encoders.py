@@ -365,6 +365,16 @@ def test_features_errors_name_the_file(tmp_path):
     np.save(tmp_path / "dev.npy", np.zeros((5, 2, 2), dtype=np.float32))
     with pytest.raises(DataError, match=r"dev\.npy: features must be a 2-D float array"):
         encoder.prepare(DEV, "dev")
+    table = np.zeros((5, 4), dtype=np.float32)
+    table[3, 2] = np.nan
+    np.save(tmp_path / "dev.npy", table)
+    with pytest.raises(DataError, match=r"dev\.npy\[3, 2\] \(dialogue 'd2', utterance #2\): nan is not a finite "
+                                        r"number"):
+        encoder.prepare(DEV, "dev")
+    table[3, 2], table[4, 0] = 0, -np.inf
+    np.save(tmp_path / "dev.npy", table)
+    with pytest.raises(DataError, match=r"dev\.npy\[4, 0\] \(dialogue 'd2', utterance #3\): -inf is not"):
+        encoder.prepare(DEV, "dev")
     (tmp_path / "dev.npy").write_bytes(b"not numpy")
     with pytest.raises(DataError, match=r"dev\.npy: cannot read features"):
         encoder.prepare(DEV, "dev")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -14,6 +15,7 @@ from rnnkit.erc.training import (
     STATE_FILE,
     WEIGHTS_FILE,
     CheckpointError,
+    DivergenceError,
     Trainer,
     TrainerConfig,
     lr_factor,
@@ -71,6 +73,21 @@ def test_fit_keeps_the_best_dev_epoch(tmp_path):
     reloaded = _model()
     load_weights(reloaded, tmp_path / WEIGHTS_FILE)
     _assert_same_weights(reloaded, trainer.model)
+
+
+def test_a_diverged_epoch_stops_training_before_its_checkpoint(tmp_path):
+    trainer, batches = _trainer(tmp_path, epochs=3), itertools.count()
+    # NaN from the first of epoch 2's batches on (24 items in batches of 5: 5 batches an epoch)
+    trainer.loss_fn = lambda model, batch: _loss(model, batch) * (float("nan") if next(batches) >= 5 else 1)
+    with pytest.raises(DivergenceError, match=re.escape("epoch 2: the mean training loss is nan: the weights diverged")
+                       + ".*" + re.escape(f"{tmp_path} still holds the checkpoint of epoch 1 and the best epoch's")):
+        trainer.fit()
+    assert torch.load(tmp_path / CHECKPOINT_DIR / STATE_FILE, weights_only=False)["epoch"] == 1
+    first = _trainer(epochs=1)
+    first.fit()
+    saved = _model()
+    load_weights(saved, tmp_path / WEIGHTS_FILE)
+    _assert_same_weights(saved, first.model)
 
 
 def test_training_reduces_the_loss():

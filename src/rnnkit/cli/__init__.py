@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module with an ``add_parser(subparsers)`` that registers its flags and
 ``set_defaults(func=run)``. Input a user can fix (bad data files, bad flag values, a run directory that is
-missing or incomplete) ends with one line ``rnnkit: error: <message>`` on stderr and exit status 2.
+missing or incomplete) ends with one line ``rnnkit: error: <message>`` on stderr and exit status 2; a training
+run whose loss turns NaN or infinite stops with such a line and exit status 1.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from rnnkit.cli import evaluate, predict, train
 from rnnkit.cli._errors import CLIError
 from rnnkit.erc.data import DataError
-from rnnkit.erc.training import CheckpointError
+from rnnkit.erc.training import CheckpointError, DivergenceError
 
 __all__ = ["main", "build_parser"]
 
@@ -50,9 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except SystemExit as stop:  # --help ends parsing this way
         return stop.code if isinstance(stop.code, int) else 0
-    except (CLIError, DataError, CheckpointError) as err:
+    except (CLIError, DataError, CheckpointError, DivergenceError) as err:
         print(f"rnnkit: error: {_one_line(str(err))}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(err, DivergenceError) else 2
 
 
 def _one_line(message: str) -> str:

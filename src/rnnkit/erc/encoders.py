@@ -127,6 +127,7 @@ class FeaturesEncoder(PassThroughEncoder):
             self.output_size = table.shape[1]
         if table.shape[1] != self.output_size:
             raise DataError(f"{path}: expected {self.output_size} columns (the feature width), got {table.shape[1]}")
+        _check_finite(path, table, dialogues)
         for d, rows in zip(dialogues, table.split([len(d.utterances) for d in dialogues])):
             self._features[d] = rows
 
@@ -153,6 +154,19 @@ def _load_table(path: Path) -> torch.Tensor:
         what = f"shape {tuple(table.shape)}, dtype {table.dtype}" if isinstance(table, torch.Tensor) else type(table).__name__
         raise DataError(f"{path}: features must be a 2-D float array (utterances, D), got {what}")
     return table.float()
+
+
+def _check_finite(path: Path, table: torch.Tensor, dialogues) -> None:
+    """DataError naming the first entry ``[row, column]`` of ``table`` (N, D) that holds a NaN or an infinity,
+    with the dialogue and 1-based utterance number of its row: one such value makes NaN of every loss and
+    gradient it reaches."""
+    bad = ~torch.isfinite(table)  # (N, D)
+    if not bool(bad.any()):
+        return
+    row, column = (int(i) for i in bad.nonzero()[0])
+    dialogue, number = [(d.id, u) for d in dialogues for u in range(1, len(d.utterances) + 1)][row]
+    raise DataError(f"{path}[{row}, {column}] (dialogue {dialogue!r}, utterance #{number}): "
+                    f"{float(table[row, column])} is not a finite number")
 
 
 def build_encoder(config, train_dialogues: list[Dialogue]) -> UtteranceEncoder:

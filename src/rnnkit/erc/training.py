@@ -71,6 +71,7 @@ __all__ = [
     "Trainer",
     "TrainResult",
     "CheckpointError",
+    "DivergenceError",
     "lr_factor",
     "SCHEDULES",
     "CHECKPOINT_DIR",
@@ -89,6 +90,10 @@ _REPLAY_FIELDS = ("batch_size", "lr", "weight_decay", "grad_clip", "seed", "warm
 
 class CheckpointError(ValueError):
     """A checkpoint directory that cannot be resumed (missing, incomplete, or from another configuration)."""
+
+
+class DivergenceError(FloatingPointError):
+    """An epoch whose mean training loss is NaN or infinite: the weights diverged, and training stops there."""
 
 
 @dataclass
@@ -261,7 +266,11 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> TrainResult:
-        """Run the remaining epochs (all of them, or those after the checkpoint when ``resume``)."""
+        """Run the remaining epochs (all of them, or those after the checkpoint when ``resume``).
+
+        Raises :class:`DivergenceError` after an epoch whose mean training loss is not finite, before that epoch
+        is scored or checkpointed, so the last checkpoint on disk is the last finite epoch.
+        """
         cfg = self.config
         history: list[dict[str, float]] = []
         best_epoch, best_score, best_state = 0, -math.inf, None
@@ -274,6 +283,8 @@ class Trainer:
 
         for epoch in range(start + 1, cfg.epochs + 1):
             train_loss = self._train_epoch(epoch)
+            if not math.isfinite(train_loss):
+                raise self._diverged(epoch, train_loss)
             scores = self._evaluate()
             if self.monitor not in scores:
                 raise KeyError(f"evaluate() returned {sorted(scores)}, which lacks the monitored score {self.monitor!r}")
@@ -291,6 +302,14 @@ class Trainer:
         if self.out_dir is not None and self.ranks.is_main:
             save_weights(best_state, Path(self.out_dir) / WEIGHTS_FILE, epoch=str(best_epoch))
         return TrainResult(best_epoch, best_score, history)
+
+    def _diverged(self, epoch: int, train_loss: float) -> DivergenceError:
+        """The error for a diverged epoch, saying what of the epochs before it is on disk."""
+        kept = ""
+        if self.out_dir is not None and epoch > 1:
+            kept = f"; {self.out_dir} still holds the checkpoint of epoch {epoch - 1} and the best epoch's weights"
+        return DivergenceError(f"epoch {epoch}: the mean training loss is {train_loss}: the weights diverged "
+                               f"(a lower learning rate or gradient clipping may help){kept}")
 
     def _scored_model(self) -> nn.Module:
         """The weights that are evaluated and kept: the moving average with ``ema``, else the model itself."""
