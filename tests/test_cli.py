@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import rnnkit
 from rnnkit.cli import main
 from rnnkit.cli._rundir import class_weights, erc_loss
 from rnnkit.erc.corpus import builtin_corpus
@@ -225,6 +226,11 @@ def test_help_works_for_every_subcommand(command, capsys):
     assert main([command, "--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: rnnkit {command}") and "examples:" in out
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"rnnkit {rnnkit.__version__} (torch {torch.__version__})\n"
 
 
 def test_every_config_field_has_a_train_flag(capsys):

@@ -12,6 +12,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import torch
+
+from rnnkit import __version__
 from rnnkit.cli import evaluate, predict, train
 from rnnkit.cli._errors import CLIError
 from rnnkit.erc.data import DataError
@@ -36,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  rnnkit predict --run runs/builtin/full --input dialogues.jsonl --output predictions.jsonl",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"rnnkit {__version__} (torch {torch.__version__})")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict}",
                                        parser_class=_Parser)
     for module in (train, evaluate, predict):
