@@ -168,6 +168,24 @@ def test_predict_reads_a_meld_csv(run_dir, tmp_path, capsys):
                                                                              ("1", 0, "Ann")]
 
 
+def test_a_run_loaded_in_python_predicts_what_the_command_line_predicts(run_dir, tmp_path):
+    dialogues = builtin_corpus("test")[:3]
+    write_jsonl(tmp_path / "input.jsonl", dialogues)
+    assert main(["predict", "--run", str(run_dir), "--input", str(tmp_path / "input.jsonl"),
+                 "--output", str(tmp_path / "pred.jsonl")]) == 0
+    records = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    run = rnnkit.load_run(run_dir)
+    probabilities = run.probabilities(dialogues)
+    assert [tuple(p.shape) for p in probabilities] == [(len(d.utterances), len(run.labels)) for d in dialogues]
+    assert [label for labels in run.predict(dialogues) for label in labels] == [r["prediction"] for r in records]
+    for p, r in zip(torch.cat(probabilities), records, strict=True):
+        assert p.tolist() == pytest.approx([r["probabilities"][label] for label in run.labels], abs=1e-6)
+    ensemble = rnnkit.predict_probabilities([run.model, run.model], dialogues)
+    assert all(torch.allclose(a, b) for a, b in zip(ensemble, probabilities, strict=True))
+    with pytest.raises(rnnkit.RunError, match="not a run directory .no config.json."):
+        rnnkit.load_run(tmp_path)
+
+
 def test_a_features_run_predicts_from_a_features_file(tmp_path, capsys):
     rng = np.random.default_rng(0)
     for split in ("train", "dev", "test"):

@@ -18,6 +18,7 @@ from rnnkit import __version__
 from rnnkit.cli import evaluate, predict, train
 from rnnkit.cli._errors import CLIError
 from rnnkit.erc.data import DataError
+from rnnkit.erc.runs import RunError
 from rnnkit.erc.training import CheckpointError, DivergenceError
 
 __all__ = ["main", "build_parser"]
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except SystemExit as stop:  # --help ends parsing this way
         return stop.code if isinstance(stop.code, int) else 0
-    except (CLIError, DataError, CheckpointError, DivergenceError) as err:
+    except (CLIError, DataError, CheckpointError, RunError, DivergenceError) as err:
         print(f"rnnkit: error: {_one_line(str(err))}", file=sys.stderr)
         return 1 if isinstance(err, DivergenceError) else 2
 

@@ -1,114 +1,39 @@
-"""The run directory: what ``rnnkit train`` writes, and how ``evaluate`` and ``predict`` load it back.
-
-A run directory holds::
-
-    config.json             data source, label list, ERCConfig and TrainerConfig of the run
-    encoder.json            encoder description; vocab.json too for the "words"/"chars" encoders
-    model.safetensors       weights of the best dev epoch
-    metrics.json            dev and test scores (percent), per-class report, per-epoch history
-    confusion_matrix.png    test-split confusion matrix
-    training_curve.png      train loss and dev score per epoch
-    checkpoint/             the last epoch, for ``rnnkit train --resume``
-
-It also holds the ERC side of the generic trainer (the loss and the scoring), which train and
-evaluate share so that ``rnnkit evaluate`` reproduces the test scores in metrics.json exactly.
+"""The ERC side of the command line: what ``rnnkit train`` writes besides the run (see :mod:`rnnkit.erc.runs`
+for the directory and its loading), the loss, and the scoring that train and evaluate share so that
+``rnnkit evaluate`` reproduces the test scores in metrics.json exactly.
 
 Shapes: B dialogues, U utterances (padded), L labels.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from torch import nn
 
-from rnnkit._io import atomic_write_bytes, load_weights
+from rnnkit._io import atomic_write_bytes
 from rnnkit.cli._errors import CLIError
 from rnnkit.erc.data import DataError, Dialogue, detect_format, metric_name, neutral_label, read_split
-from rnnkit.erc.encoders import UtteranceEncoder, load_encoder
 from rnnkit.erc.losses import supervised_contrastive
 from rnnkit.erc.metrics import compute_metrics
-from rnnkit.erc.model import IGNORE_INDEX, ERCConfig, ERCModel, collate_dialogues
-from rnnkit.erc.training import WEIGHTS_FILE
+from rnnkit.erc.model import IGNORE_INDEX, ERCModel
+from rnnkit.erc.runs import predict_probabilities
 
 __all__ = [
-    "CONFIG_FILE", "METRICS_FILE", "CONFUSION_PNG", "CURVES_PNG", "EVAL_BATCH_SIZE",
-    "Run", "load_run", "load_runs", "write_json", "read_json", "resolve_format", "read_dialogues", "check_labels",
-    "erc_loss", "class_weights", "predict_probabilities", "score",
+    "METRICS_FILE", "CONFUSION_PNG", "CURVES_PNG", "write_json", "resolve_format", "read_dialogues", "check_labels",
+    "erc_loss", "class_weights", "score",
 ]
 
-CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
 CURVES_PNG = "training_curve.png"
-# Scoring always batches the same dialogues together, so evaluate reproduces train's numbers bit for bit.
-EVAL_BATCH_SIZE = 32
-
-
-@dataclass
-class Run:
-    """A trained run: its model (weights loaded, eval mode) and the settings it was trained with."""
-
-    model: ERCModel
-    labels: list[str]
-    format: str
-    data: str | None
-    limit: int | None
 
 
 def write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CLIError(f"{path}: file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CLIError(f"{path}: not valid JSON ({err})") from None
-
-
-def load_run(directory, *, encoder: str | None = None) -> Run:
-    """Load the run in ``directory``; ``encoder`` replaces a features encoder's file (prediction inputs)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CLIError(f"{directory}: run directory not found")
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (directory / name).is_file():
-            raise CLIError(f"{directory}: not a run directory (no {name}); train one with 'rnnkit train --out DIR'")
-    saved = read_json(directory / CONFIG_FILE)
-    try:
-        config = ERCConfig.from_dict(saved["model"])
-        if encoder is not None:
-            config = dataclasses.replace(config, encoder=encoder)
-        run = Run(ERCModel(config, load_encoder(config, directory)), list(saved["labels"]), saved["format"],
-                  saved["data"], saved["limit"])
-    except (KeyError, TypeError, ValueError, FileNotFoundError) as err:
-        raise CLIError(f"{directory / CONFIG_FILE}: cannot rebuild the run ({err})") from None
-    try:
-        load_weights(run.model, directory / WEIGHTS_FILE)
-    except (SafetensorError, RuntimeError, OSError) as err:  # a damaged file; names or shapes that differ
-        raise CLIError(f"{directory / WEIGHTS_FILE}: cannot load the weights ({err})") from None
-    run.model.eval()
-    return run
-
-
-def load_runs(directories, *, encoder: str | None = None) -> list[Run]:
-    """:func:`load_run` for each of ``directories``, which must share their labels (an ensemble averages the
-    class probabilities of its members, so they must mean the same classes in the same order)."""
-    runs = [load_run(directory, encoder=encoder) for directory in directories]
-    for directory, run in zip(directories[1:], runs[1:]):
-        if run.labels != runs[0].labels:
-            raise CLIError(f"{directory}: labels {', '.join(run.labels)} differ from those of {directories[0]} "
-                           f"({', '.join(runs[0].labels)}); an ensemble needs runs trained on the same labels")
-    return runs
 
 
 def resolve_format(data: str | None, format: str | None) -> str:
@@ -174,31 +99,6 @@ def class_weights(dialogues: list[Dialogue], labels: list[str], power: float) ->
                 counts[index[utterance.label]] += 1
     counts = counts.clamp(min=1)
     return (counts / counts.mean()) ** -power
-
-
-def predict_probabilities(models: ERCModel | Sequence[ERCModel], dialogues: list[Dialogue]) -> list[torch.Tensor]:
-    """Class probabilities, one (len(dialogue), L) tensor per dialogue, in input order; for several models
-    (an ensemble, e.g. of seeds) the mean of their probabilities."""
-    if isinstance(models, ERCModel):
-        return _probabilities(models, dialogues)
-    members = [_probabilities(model, dialogues) for model in models]
-    return [torch.stack(per_model).mean(0) for per_model in zip(*members)]
-
-
-@torch.no_grad()
-def _probabilities(model: ERCModel, dialogues: list[Dialogue]) -> list[torch.Tensor]:
-    encoder: UtteranceEncoder = model.encoder
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(dialogues), EVAL_BATCH_SIZE):
-        chunk = dialogues[start : start + EVAL_BATCH_SIZE]
-        batch = collate_dialogues(chunk, encoder, None).to(device)
-        probs = model(batch).softmax(-1).cpu()  # (B, U, L)
-        out.extend(p[: len(d.utterances)] for p, d in zip(probs, chunk))
-    model.train(was_training)
-    return out
 
 
 def score(models: ERCModel | Sequence[ERCModel], dialogues: list[Dialogue], labels: list[str], format: str) -> dict:

@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from rnnkit.cli._errors import CLIError
-from rnnkit.cli._rundir import check_labels, load_runs, read_dialogues, resolve_format, score, write_json
+from rnnkit.cli._rundir import check_labels, read_dialogues, resolve_format, score, write_json
 from rnnkit.erc.data import FORMATS, SPLITS, metric_name
+from rnnkit.erc.runs import load_runs
 
 __all__ = ["add_parser", "run"]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from rnnkit._io import atomic_write_bytes
 from rnnkit.cli._errors import CLIError
-from rnnkit.cli._rundir import load_runs, predict_probabilities
 from rnnkit.erc.data import read_file
+from rnnkit.erc.runs import load_runs, predict_probabilities
 
 __all__ = ["add_parser", "run"]
 

@@ -23,7 +23,6 @@ from rnnkit._io import atomic_write_bytes
 from rnnkit.cli._errors import CLIError
 from rnnkit.cli._plots import confusion_png, curves_png
 from rnnkit.cli._rundir import (
-    CONFIG_FILE,
     CONFUSION_PNG,
     CURVES_PNG,
     METRICS_FILE,
@@ -31,7 +30,6 @@ from rnnkit.cli._rundir import (
     class_weights,
     erc_loss,
     read_dialogues,
-    read_json,
     resolve_format,
     score,
     write_json,
@@ -40,6 +38,7 @@ from rnnkit.erc.data import FORMATS, SPLITS, Dialogue, label_set, metric_name
 from rnnkit.erc.distributed import DistInfo, init_distributed, seed_everything
 from rnnkit.erc.encoders import build_encoder, load_encoder
 from rnnkit.erc.model import ERCConfig, ERCModel, collate_dialogues
+from rnnkit.erc.runs import CONFIG_FILE, read_json
 from rnnkit.erc.training import CHECKPOINT_DIR, SCHEDULES, STATE_FILE, Trainer, TrainerConfig
 
 __all__ = ["add_parser", "run", "ABLATIONS"]

@@ -1,0 +1,144 @@
+"""A trained run, loaded back from the directory ``rnnkit train`` wrote, to predict emotions from Python.
+
+A run directory holds::
+
+    config.json             data source, label list, ERCConfig and TrainerConfig of the run
+    encoder.json            encoder description; vocab.json too for the "words"/"chars" encoders
+    model.safetensors       weights of the best dev epoch
+    metrics.json            dev and test scores (percent), per-class report, per-epoch history
+    confusion_matrix.png    test-split confusion matrix
+    training_curve.png      train loss and dev score per epoch
+    checkpoint/             the last epoch, for ``rnnkit train --resume``
+
+:func:`load_run` rebuilds the model of such a directory; :meth:`Run.predict` and :meth:`Run.probabilities`
+label dialogues with it, and :func:`predict_probabilities` averages several runs (an ensemble of seeds).
+``rnnkit evaluate`` and ``rnnkit predict`` are built on these.
+
+Shapes: B dialogues, U utterances (padded), L labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+
+from rnnkit._io import load_weights
+from rnnkit.erc.encoders import UtteranceEncoder, load_encoder
+from rnnkit.erc.model import ERCConfig, ERCModel, collate_dialogues
+from rnnkit.erc.records import Dialogue
+from rnnkit.erc.training import WEIGHTS_FILE
+
+__all__ = ["CONFIG_FILE", "EVAL_BATCH_SIZE", "RunError", "Run", "read_json", "load_run", "load_runs",
+           "predict_probabilities"]
+
+CONFIG_FILE = "config.json"
+# Scoring always batches the same dialogues together, so evaluate reproduces train's numbers bit for bit.
+EVAL_BATCH_SIZE = 32
+
+
+class RunError(ValueError):
+    """A run directory that cannot be loaded (missing, incomplete, damaged, or runs that do not go together)."""
+
+
+@dataclass
+class Run:
+    """A trained run: its model (weights loaded, eval mode), its labels (the columns of the probabilities) and
+    the data it was trained on (``data`` None and ``format`` "builtin" for the built-in corpus)."""
+
+    model: ERCModel
+    labels: list[str]
+    format: str
+    data: str | None
+    limit: int | None
+
+    def probabilities(self, dialogues: Sequence[Dialogue]) -> list[torch.Tensor]:
+        """One (len(dialogue), L) tensor of class probabilities per dialogue, columns in ``labels`` order.
+
+        A run on precomputed features needs the vectors of ``dialogues``: load it with
+        ``load_run(directory, encoder="features:FILE")``.
+        """
+        dialogues = list(dialogues)
+        self.model.encoder.prepare(dialogues)
+        return predict_probabilities(self.model, dialogues)
+
+    def predict(self, dialogues: Sequence[Dialogue]) -> list[list[str]]:
+        """The most probable label of every utterance, one list per dialogue."""
+        return [[self.labels[i] for i in p.argmax(-1).tolist()] for p in self.probabilities(dialogues)]
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunError(f"{path}: not valid JSON ({err})") from None
+
+
+def load_run(directory, *, encoder: str | None = None) -> Run:
+    """Load the run in ``directory``; ``encoder`` replaces a features encoder's file (prediction inputs).
+    Raises :class:`RunError` naming the file when the directory is not a complete run."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise RunError(f"{directory}: run directory not found")
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            raise RunError(f"{directory}: not a run directory (no {name}); train one with 'rnnkit train --out DIR'")
+    saved = read_json(directory / CONFIG_FILE)
+    try:
+        config = ERCConfig.from_dict(saved["model"])
+        if encoder is not None:
+            config = dataclasses.replace(config, encoder=encoder)
+        run = Run(ERCModel(config, load_encoder(config, directory)), list(saved["labels"]), saved["format"],
+                  saved["data"], saved["limit"])
+    except (KeyError, TypeError, ValueError, FileNotFoundError) as err:
+        raise RunError(f"{directory / CONFIG_FILE}: cannot rebuild the run ({err})") from None
+    try:
+        load_weights(run.model, directory / WEIGHTS_FILE)
+    except (SafetensorError, RuntimeError, OSError) as err:  # a damaged file; names or shapes that differ
+        raise RunError(f"{directory / WEIGHTS_FILE}: cannot load the weights ({err})") from None
+    run.model.eval()
+    return run
+
+
+def load_runs(directories, *, encoder: str | None = None) -> list[Run]:
+    """:func:`load_run` for each of ``directories``, which must share their labels (an ensemble averages the
+    class probabilities of its members, so they must mean the same classes in the same order)."""
+    runs = [load_run(directory, encoder=encoder) for directory in directories]
+    for directory, run in zip(directories[1:], runs[1:]):
+        if run.labels != runs[0].labels:
+            raise RunError(f"{directory}: labels {', '.join(run.labels)} differ from those of {directories[0]} "
+                           f"({', '.join(runs[0].labels)}); an ensemble needs runs trained on the same labels")
+    return runs
+
+
+def predict_probabilities(models: ERCModel | Sequence[ERCModel], dialogues: list[Dialogue]) -> list[torch.Tensor]:
+    """Class probabilities, one (len(dialogue), L) tensor per dialogue, in input order; for several models
+    (an ensemble, e.g. of seeds) the mean of their probabilities. The models' encoders must have been prepared
+    for ``dialogues`` (``model.encoder.prepare(dialogues)``; :meth:`Run.probabilities` does it)."""
+    if isinstance(models, ERCModel):
+        return _probabilities(models, dialogues)
+    members = [_probabilities(model, dialogues) for model in models]
+    return [torch.stack(per_model).mean(0) for per_model in zip(*members)]
+
+
+@torch.no_grad()
+def _probabilities(model: ERCModel, dialogues: list[Dialogue]) -> list[torch.Tensor]:
+    encoder: UtteranceEncoder = model.encoder
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(dialogues), EVAL_BATCH_SIZE):
+        chunk = dialogues[start : start + EVAL_BATCH_SIZE]
+        batch = collate_dialogues(chunk, encoder, None).to(device)
+        probs = model(batch).softmax(-1).cpu()  # (B, U, L)
+        out.extend(p[: len(d.utterances)] for p, d in zip(probs, chunk))
+    model.train(was_training)
+    return out
