@@ -202,6 +202,10 @@ def test_a_features_run_predicts_from_a_features_file(tmp_path, capsys):
     np.save(tmp_path / "input.npy", rng.standard_normal((rows, 6)).astype(np.float32))
     assert main(argv + ["--features", str(tmp_path / "input.npy")]) == 0
     assert len(capsys.readouterr().out.splitlines()) == rows
+    with pytest.raises(rnnkit.RunError, match=r"load it with load_run\(directory, encoder='features:FILE'\)"):
+        rnnkit.load_run(run).predict(dialogues)
+    loaded = rnnkit.load_run(run, encoder=f"features:{tmp_path / 'input.npy'}")
+    assert [len(labels) for labels in loaded.predict(dialogues)] == [len(d.utterances) for d in dialogues]
     np.save(tmp_path / "narrow.npy", rng.standard_normal((rows, 5)).astype(np.float32))
     assert main(argv + ["--features", str(tmp_path / "narrow.npy")]) == 2
     assert "narrow.npy: expected 6 columns" in _error_line(capsys)

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.output}: is a directory; --output must name a file")
     runs = load_runs(args.run, encoder=None if args.features is None else f"features:{args.features}")
     loaded = runs[0]
-    if args.features is None and any(member.model.config.encoder.startswith("features:") for member in runs):
+    if any(member.training_features for member in runs):
         raise CLIError(f"{' '.join(args.run)}: the run reads precomputed features; pass --features FILE with one row "
                        "per utterance of --input")
     dialogues = read_file(args.input, args.format)

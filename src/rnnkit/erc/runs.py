@@ -49,20 +49,26 @@ class RunError(ValueError):
 @dataclass
 class Run:
     """A trained run: its model (weights loaded, eval mode), its labels (the columns of the probabilities) and
-    the data it was trained on (``data`` None and ``format`` "builtin" for the built-in corpus)."""
+    the data it was trained on (``data`` None and ``format`` "builtin" for the built-in corpus).
+    ``training_features`` is True for a run on precomputed features loaded with its training files, which
+    hold no vectors for new dialogues."""
 
     model: ERCModel
     labels: list[str]
     format: str
     data: str | None
     limit: int | None
+    training_features: bool = False
 
     def probabilities(self, dialogues: Sequence[Dialogue]) -> list[torch.Tensor]:
         """One (len(dialogue), L) tensor of class probabilities per dialogue, columns in ``labels`` order.
 
         A run on precomputed features needs the vectors of ``dialogues``: load it with
-        ``load_run(directory, encoder="features:FILE")``.
+        ``load_run(directory, encoder="features:FILE")``, FILE holding one row per utterance.
         """
+        if self.training_features:
+            raise RunError(f"the run reads precomputed features ({self.model.config.encoder}); load it with "
+                           "load_run(directory, encoder='features:FILE'), FILE holding one row per utterance")
         dialogues = list(dialogues)
         self.model.encoder.prepare(dialogues)
         return predict_probabilities(self.model, dialogues)
@@ -96,7 +102,7 @@ def load_run(directory, *, encoder: str | None = None) -> Run:
         if encoder is not None:
             config = dataclasses.replace(config, encoder=encoder)
         run = Run(ERCModel(config, load_encoder(config, directory)), list(saved["labels"]), saved["format"],
-                  saved["data"], saved["limit"])
+                  saved["data"], saved["limit"], encoder is None and config.encoder.startswith("features:"))
     except (KeyError, TypeError, ValueError, FileNotFoundError) as err:
         raise RunError(f"{directory / CONFIG_FILE}: cannot rebuild the run ({err})") from None
     try:
