@@ -26,11 +26,17 @@ from pathlib import Path
 import torch
 
 from rnnkit.batching import budget_batches
-from rnnkit.cli._rundir import erc_loss
-from rnnkit.erc.corpus import builtin_corpus
-from rnnkit.erc.data import label_set, read_split
-from rnnkit.erc.encoders import build_encoder
-from rnnkit.erc.model import IGNORE_INDEX, ERCConfig, ERCModel, collate_dialogues
+from rnnkit.erc import (
+    IGNORE_INDEX,
+    ERCConfig,
+    ERCModel,
+    build_encoder,
+    builtin_corpus,
+    collate_dialogues,
+    erc_loss,
+    label_set,
+    read_split,
+)
 
 
 def timed(fn, count: int) -> float:

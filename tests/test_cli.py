@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,13 +17,16 @@ import torch
 from safetensors.torch import load_file
 
 import rnnkit
+import rnnkit.erc
 from rnnkit.cli import main
-from rnnkit.cli._rundir import class_weights, erc_loss
-from rnnkit.erc.corpus import builtin_corpus
-from rnnkit.erc.data import Dialogue, Utterance, write_jsonl
-from rnnkit.erc.losses import supervised_contrastive
-from rnnkit.erc.model import ERCConfig
-from rnnkit.erc.training import TrainerConfig
+from rnnkit.erc import (
+    Dialogue,
+    ERCConfig,
+    Utterance,
+    builtin_corpus,
+    write_jsonl,
+)
+from rnnkit.trainer import TrainerConfig
 
 # Tiny settings: every CLI training here takes a few seconds.
 SMALL = ["--limit", "8", "--embedding-dim", "8", "--encoder-hidden", "8", "--context-hidden", "8",
@@ -175,16 +177,16 @@ def test_a_run_loaded_in_python_predicts_what_the_command_line_predicts(run_dir,
     assert main(["predict", "--run", str(run_dir), "--input", str(tmp_path / "input.jsonl"),
                  "--output", str(tmp_path / "pred.jsonl")]) == 0
     records = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
-    run = rnnkit.load_run(run_dir)
+    run = rnnkit.erc.load_run(run_dir)
     probabilities = run.probabilities(dialogues)
     assert [tuple(p.shape) for p in probabilities] == [(len(d.utterances), len(run.labels)) for d in dialogues]
     assert [label for labels in run.predict(dialogues) for label in labels] == [r["prediction"] for r in records]
     for p, r in zip(torch.cat(probabilities), records, strict=True):
         assert p.tolist() == pytest.approx([r["probabilities"][label] for label in run.labels], abs=1e-6)
-    ensemble = rnnkit.predict_probabilities([run.model, run.model], dialogues)
+    ensemble = rnnkit.erc.predict_probabilities([run.model, run.model], dialogues)
     assert all(torch.allclose(a, b) for a, b in zip(ensemble, probabilities, strict=True))
-    with pytest.raises(rnnkit.RunError, match="not a run directory .no config.json."):
-        rnnkit.load_run(tmp_path)
+    with pytest.raises(rnnkit.erc.RunError, match="not a run directory .no config.json."):
+        rnnkit.erc.load_run(tmp_path)
 
 
 def test_a_features_run_predicts_from_a_features_file(tmp_path, capsys):
@@ -203,9 +205,9 @@ def test_a_features_run_predicts_from_a_features_file(tmp_path, capsys):
     np.save(tmp_path / "input.npy", rng.standard_normal((rows, 6)).astype(np.float32))
     assert main(argv + ["--features", str(tmp_path / "input.npy")]) == 0
     assert len(capsys.readouterr().out.splitlines()) == rows
-    with pytest.raises(rnnkit.RunError, match=r"load it with load_run\(directory, encoder='features:FILE'\)"):
-        rnnkit.load_run(run).predict(dialogues)
-    loaded = rnnkit.load_run(run, encoder=f"features:{tmp_path / 'input.npy'}")
+    with pytest.raises(rnnkit.erc.RunError, match=r"load it with load_run\(directory, encoder='features:FILE'\)"):
+        rnnkit.erc.load_run(run).predict(dialogues)
+    loaded = rnnkit.erc.load_run(run, encoder=f"features:{tmp_path / 'input.npy'}")
     assert [len(labels) for labels in loaded.predict(dialogues)] == [len(d.utterances) for d in dialogues]
     np.save(tmp_path / "narrow.npy", rng.standard_normal((rows, 5)).astype(np.float32))
     assert main(argv + ["--features", str(tmp_path / "narrow.npy")]) == 2
@@ -256,6 +258,11 @@ def test_version(capsys):
     assert capsys.readouterr().out == f"rnnkit {rnnkit.__version__} (torch {torch.__version__})\n"
 
 
+def test_python_dash_m_rnnkit_runs_the_command_line():
+    done = subprocess.run([sys.executable, "-m", "rnnkit", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == f"rnnkit {rnnkit.__version__} (torch {torch.__version__})\n"
+
+
 def test_every_config_field_has_a_train_flag(capsys):
     assert main(["train", "--help"]) == 0
     out = capsys.readouterr().out
@@ -292,55 +299,6 @@ def test_a_finetuned_run_reloads_its_encoder_and_reproduces_its_metrics(tmp_path
     evaluated = json.loads(output.read_text())
     for key in ("weighted_f1", "accuracy", "report", "confusion"):
         assert evaluated[key] == saved[key], key
-
-
-def test_class_weights_follow_the_label_counts():
-    dialogue = Dialogue("d", tuple(Utterance("A", "x", label) for label in ["joy", "joy", "neutral", "joy", None]))
-    labels = ["joy", "neutral", "sadness"]  # counts 3, 1 and 0 (counted as 1): mean 5/3
-    assert class_weights([dialogue], labels, 0.0) is None
-    torch.testing.assert_close(class_weights([dialogue], labels, 1.0), torch.tensor([5 / 9, 5 / 3, 5 / 3]))
-    torch.testing.assert_close(class_weights([dialogue], labels, 0.5), torch.tensor([5 / 9, 5 / 3, 5 / 3]).sqrt())
-
-
-def test_weighted_loss_is_the_weighted_mean_over_labeled_utterances():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 3, 4, requires_grad=True)  # (B, U, L)
-    labels = torch.tensor([[0, 3, -100], [1, 1, -100]])
-    batch = SimpleNamespace(labels=labels)
-    weights = torch.tensor([0.5, 2.0, 1.0, 3.0])
-    flat = logits.reshape(6, 4), labels.reshape(6)
-    expected = torch.nn.functional.cross_entropy(*flat, weight=weights)  # torch's mean divides by the weight sum
-    torch.testing.assert_close(erc_loss(lambda b: logits, batch, weights), expected)
-    torch.testing.assert_close(erc_loss(lambda b: logits, batch), torch.nn.functional.cross_entropy(*flat))
-    unlabeled = SimpleNamespace(labels=torch.full((2, 3), -100))
-    loss = erc_loss(lambda b: logits, unlabeled, weights)
-    assert float(loss.detach()) == 0.0 and loss.requires_grad
-
-
-def test_label_smoothing_mixes_the_uniform_distribution_into_the_targets():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 3, 4)  # (B, U, L)
-    labels = torch.tensor([[0, 3, -100], [1, 1, -100]])
-    batch = SimpleNamespace(labels=labels)
-    log_p = logits.reshape(6, 4).log_softmax(-1)[labels.reshape(6) >= 0]  # (4, L) the labeled utterances
-    targets = 0.9 * torch.nn.functional.one_hot(labels[labels >= 0], 4) + 0.1 / 4  # (4, L)
-    expected = -(targets * log_p).sum(-1).mean()
-    torch.testing.assert_close(erc_loss(lambda b: logits, batch, label_smoothing=0.1), expected)
-
-
-def test_contrastive_weight_adds_the_supervised_contrastive_loss_of_the_labeled_utterances():
-    torch.manual_seed(0)
-    logits, fused = torch.randn(2, 3, 4), torch.randn(2, 3, 5)  # (B, U, L), (B, U, F)
-    labels = torch.tensor([[0, 3, -100], [0, 3, -100]])
-    batch = SimpleNamespace(labels=labels)
-
-    def model(b, features=False):
-        return (logits, fused) if features else logits
-
-    keep = labels.reshape(6) >= 0
-    expected = erc_loss(model, batch) + 0.5 * supervised_contrastive(fused.reshape(6, 5)[keep], labels[labels >= 0])
-    torch.testing.assert_close(erc_loss(model, batch, contrastive=0.5), expected)
-    assert not torch.allclose(erc_loss(model, batch, contrastive=0.5), erc_loss(model, batch))
 
 
 def test_torchrun_two_processes(tmp_path):

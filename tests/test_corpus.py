@@ -4,8 +4,8 @@ from collections import Counter
 
 import pytest
 
-from rnnkit.erc.corpus import BUILTIN_LABELS, SPLIT_SIZES, builtin_corpus, write_corpus
-from rnnkit.erc.data import detect_format, label_set, read_split
+from rnnkit.erc.corpus import BUILTIN_LABELS, SPLIT_SIZES, builtin_corpus
+from rnnkit.erc.data import detect_format, label_set, read_split, write_corpus
 
 
 def test_same_seed_same_corpus_other_seed_or_split_differs():

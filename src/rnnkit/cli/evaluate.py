@@ -6,9 +6,8 @@ import argparse
 from pathlib import Path
 
 from rnnkit.cli._errors import CLIError
-from rnnkit.cli._rundir import check_labels, read_dialogues, resolve_format, score, write_json
-from rnnkit.erc.data import FORMATS, SPLITS, metric_name
-from rnnkit.erc.runs import load_runs
+from rnnkit.erc import FORMATS, SPLITS, evaluate_runs, load_runs, metric_name
+from rnnkit.erc.runs import write_json
 
 __all__ = ["add_parser", "run"]
 
@@ -41,26 +40,17 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None and Path(args.output).is_dir():
         raise CLIError(f"{args.output}: is a directory; --output must name a file")
     runs = load_runs(args.run)
-    loaded = runs[0]
-    if args.data is None and args.format is None:
-        source, format, limit = loaded.data, loaded.format, loaded.limit
-    else:
-        source, format, limit = args.data, resolve_format(args.data, args.format), None
-    dialogues = read_dialogues(source, format, args.split, limit)
-    where = f"{source or 'built-in corpus'} ({args.split} split)"
-    check_labels(dialogues, loaded.labels, where)
-    for member in runs:
-        member.model.encoder.prepare(dialogues, args.split)
-    metrics = score([member.model for member in runs], dialogues, loaded.labels, format)
-    monitor = metric_name(format)
-    print(f"{where}: {monitor} {metrics[monitor]:.2f}, accuracy {metrics['accuracy']:.2f}")
-    width = max(map(len, loaded.labels)) + 2
+    labels = runs[0].labels
+    metrics = evaluate_runs(runs, args.split, args.data, args.format)
+    monitor = metric_name(metrics["format"])
+    print(f"{metrics['data'] or 'built-in corpus'} ({args.split} split): {monitor} {metrics[monitor]:.2f}, "
+          f"accuracy {metrics['accuracy']:.2f}")
+    width = max(map(len, labels)) + 2
     print(f"{'label':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
-    for label in loaded.labels:
+    for label in labels:
         row = metrics["report"][label]
         print(f"{label:<{width}}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['f1-score']:>10.3f}"
               f"{int(row['support']):>10d}")
     if args.output is not None:
-        write_json(Path(args.output), {"run": args.run[0] if len(args.run) == 1 else args.run, "data": source, "format": format,
-                                       "split": args.split, **metrics})
+        write_json(Path(args.output), {"run": args.run[0] if len(args.run) == 1 else args.run, **metrics})
     return 0

@@ -7,10 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from rnnkit._io import atomic_write_bytes
 from rnnkit.cli._errors import CLIError
-from rnnkit.erc.data import read_file
-from rnnkit.erc.runs import load_runs, predict_probabilities
+from rnnkit.erc import load_runs, predict_records, read_file
+from rnnkit.trainer import atomic_write_bytes
 
 __all__ = ["add_parser", "run"]
 
@@ -45,22 +44,11 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None and Path(args.output).is_dir():
         raise CLIError(f"{args.output}: is a directory; --output must name a file")
     runs = load_runs(args.run, encoder=None if args.features is None else f"features:{args.features}")
-    loaded = runs[0]
     if any(member.training_features for member in runs):
         raise CLIError(f"{' '.join(args.run)}: the run reads precomputed features; pass --features FILE with one row "
                        "per utterance of --input")
     dialogues = read_file(args.input, args.format)
-    for member in runs:
-        member.model.encoder.prepare(dialogues)
-    lines = []
-    for dialogue, probs in zip(dialogues, predict_probabilities([member.model for member in runs], dialogues)):
-        for index, (utterance, p) in enumerate(zip(dialogue.utterances, probs.tolist())):
-            record = {"dialogue": dialogue.id, "index": index, "speaker": utterance.speaker, "text": utterance.text,
-                      "prediction": loaded.labels[max(range(len(p)), key=p.__getitem__)],
-                      "probabilities": dict(zip(loaded.labels, p))}
-            if utterance.label is not None:
-                record["label"] = utterance.label
-            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    lines = [json.dumps(record, ensure_ascii=False) + "\n" for record in predict_records(runs, dialogues)]
     if args.output is None:
         sys.stdout.writelines(lines)
     else:

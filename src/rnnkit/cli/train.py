@@ -7,44 +7,25 @@ checkpoint. Under ``torchrun`` the processes share the training dialogues; rank 
 ``--finetune`` trains a transformer encoder with the model, at its own ``--encoder-lr`` (the model's
 parameter groups), and the run's model.safetensors then holds the fine-tuned encoder; ``--token-budget``
 bounds the encoder tokens of a batch so that memory stays bounded whatever the dialogue lengths.
+This module maps the flags onto the two configurations and plans the runs; :func:`rnnkit.erc.train_run` trains.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch.distributed as dist
 
-from rnnkit._io import atomic_write_bytes
 from rnnkit.cli._errors import CLIError
-from rnnkit.cli._plots import confusion_png, curves_png
-from rnnkit.cli._rundir import (
-    CONFUSION_PNG,
-    CURVES_PNG,
-    METRICS_FILE,
-    check_labels,
-    class_weights,
-    erc_loss,
-    read_dialogues,
-    resolve_format,
-    score,
-    write_json,
-)
-from rnnkit.erc.data import FORMATS, SPLITS, Dialogue, label_set, metric_name
-from rnnkit.erc.distributed import DistInfo, init_distributed, seed_everything
-from rnnkit.erc.encoders import build_encoder, load_encoder
-from rnnkit.erc.model import ERCConfig, ERCModel, collate_dialogues
+from rnnkit.erc import ABLATIONS, FORMATS, ERCConfig, RunData, load_data, metric_name, train_run
 from rnnkit.erc.runs import CONFIG_FILE, read_json
-from rnnkit.erc.training import CHECKPOINT_DIR, SCHEDULES, STATE_FILE, Trainer, TrainerConfig
+from rnnkit.trainer import CHECKPOINT_DIR, SCHEDULES, DistInfo, TrainerConfig, init_distributed
 
-__all__ = ["add_parser", "run", "ABLATIONS"]
+__all__ = ["add_parser", "run"]
 
-# Variant name -> ERCConfig fields it changes; the full model comes first.
-ABLATIONS = {"full": {}, "no_context": {"use_context": False}, "no_speaker": {"use_speaker": False}}
 # Flags that --resume accepts; every other setting comes from the run's config.json.
 _RESUMABLE = ("epochs", "device", "quiet")
 
@@ -157,15 +138,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 @dataclass
-class _Data:
-    source: str | None  # dataset directory, None for the built-in corpus
-    format: str
-    limit: int | None
-    labels: list[str]
-    splits: dict[str, list[Dialogue]]
-
-
-@dataclass
 class _Plan:
     """One model to train: its directory and settings; ``saved``: its config.json already exists (resuming)."""
 
@@ -194,13 +166,13 @@ def run(args: argparse.Namespace) -> int:
     _barrier(info)
     results = {}
     for plan in plans:
-        results[plan.directory.name] = _train_one(plan, data, info)
+        results[plan.directory.name] = train_run(plan.directory, data, plan.model, plan.trainer, resume=plan.saved)
     if info.is_main:
         _report(results, data.format, ablation=variants != [None])
     return 0
 
 
-def _fresh_plans(out: Path, variants, given) -> tuple[_Data, list[_Plan]]:
+def _fresh_plans(out: Path, variants, given) -> tuple[RunData, list[_Plan]]:
     for variant in variants:
         directory = out if variant is None else out / variant
         if (directory / CONFIG_FILE).exists() or (directory / CHECKPOINT_DIR).exists():
@@ -215,7 +187,7 @@ def _fresh_plans(out: Path, variants, given) -> tuple[_Data, list[_Plan]]:
     return data, plans
 
 
-def _resume_plans(out: Path, variants, given) -> tuple[_Data, list[_Plan]]:
+def _resume_plans(out: Path, variants, given) -> tuple[RunData, list[_Plan]]:
     fixed = sorted(set(given) - set(_RESUMABLE) - {"command", "func", "out", "resume", "ablation"})
     if fixed:
         flags = ", ".join("--" + name.replace("_", "-").replace("use-", "no-") for name in fixed)
@@ -255,76 +227,15 @@ def _config(cls, fields: dict):
         raise CLIError(str(err)) from None
 
 
-def _read_data(source: str | None, format: str | None, limit: int | None) -> _Data:
+def _read_data(source: str | None, format: str | None, limit: int | None) -> RunData:
     if limit is not None and limit < 1:
         raise CLIError(f"--limit must be an integer >= 1, got {limit}")
-    format = resolve_format(source, format)
-    splits = {split: read_dialogues(source, format, split, limit) for split in SPLITS}
-    labels = label_set(format, splits["train"])
-    for split in ("dev", "test"):
-        check_labels(splits[split], labels, f"{source or 'built-in corpus'} ({split} split)")
-    return _Data(source, format, limit, labels, splits)
+    return load_data(source, format, limit)
 
 
 def _barrier(info: DistInfo) -> None:
     if info.world_size > 1:
         dist.barrier()
-
-
-def _train_one(plan: _Plan, data: _Data, info: DistInfo) -> dict:
-    trainer_config = plan.trainer
-    # A run stopped before its first checkpoint starts over, with the encoder it saved.
-    resume = plan.saved and (plan.directory / CHECKPOINT_DIR / STATE_FILE).is_file()
-    seed_everything(trainer_config.seed)
-    try:
-        if plan.saved:
-            encoder = load_encoder(plan.model, plan.directory)
-        else:
-            encoder = build_encoder(plan.model, data.splits["train"])
-    except ValueError as err:  # not a model directory, a layer the model lacks, a model changed since the run began
-        raise CLIError(str(err)) from None
-    for split in ("dev", "test"):
-        encoder.prepare(data.splits[split], split)
-    model = ERCModel(plan.model, encoder)
-    label_index = {label: i for i, label in enumerate(data.labels)}
-    monitor = metric_name(data.format)
-    if info.is_main:
-        if not plan.saved:
-            try:
-                plan.directory.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise CLIError(f"{plan.directory}: cannot create the run directory ({err.strerror})") from None
-            encoder.save(plan.directory)
-        # Rewritten on resume too: --epochs may have grown.
-        write_json(plan.directory / CONFIG_FILE, {
-            "data": data.source, "format": data.format, "limit": data.limit, "labels": data.labels,
-            "model": plan.model.to_dict(), "trainer": dataclasses.asdict(trainer_config),
-        })
-
-    def evaluate(m):
-        scores = score(m, data.splits["dev"], data.labels, data.format)
-        return {k: v for k, v in scores.items() if isinstance(v, float)}
-
-    weights = class_weights(data.splits["train"], data.labels, trainer_config.class_weighting)  # (L,) or None
-    trainer = Trainer(model, data.splits["train"], lambda items: collate_dialogues(items, encoder, label_index),
-                      functools.partial(erc_loss, weights=weights, label_smoothing=trainer_config.label_smoothing,
-                                        contrastive=trainer_config.contrastive),
-                      evaluate, monitor, trainer_config, plan.directory,
-                      param_groups=model.param_groups(trainer_config.lr), item_size=encoder.num_tokens)
-    result = trainer.fit(resume=resume)
-    if not info.is_main:
-        return {}
-    metrics = {
-        "format": data.format, "monitor": monitor, "best_epoch": result.best_epoch,
-        "dev": score(model, data.splits["dev"], data.labels, data.format),
-        "test": score(model, data.splits["test"], data.labels, data.format),
-        "history": result.history,
-    }
-    write_json(plan.directory / METRICS_FILE, metrics)
-    atomic_write_bytes(plan.directory / CONFUSION_PNG,
-                       confusion_png(metrics["test"]["confusion"], data.labels, f"test confusion ({plan.directory.name})"))
-    atomic_write_bytes(plan.directory / CURVES_PNG, curves_png(result.history, monitor, result.best_epoch))
-    return metrics
 
 
 def _report(results: dict[str, dict], format: str, *, ablation: bool) -> None:

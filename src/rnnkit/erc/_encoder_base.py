@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rnnkit._io import atomic_write_bytes
 from rnnkit.erc.data import Dialogue, Utterance
+from rnnkit.trainer import atomic_write_bytes
 
 __all__ = ["ENCODER_FILE", "CONTEXT_SEPARATOR", "UtteranceEncoder", "PassThroughEncoder", "grid", "scatter"]
 

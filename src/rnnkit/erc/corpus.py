@@ -22,16 +22,14 @@ the structural part: the speaker's previous label predicts the current one far b
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from rnnkit.erc.data import SPLITS, Dialogue, Utterance, write_jsonl
+from rnnkit.erc.records import Dialogue, Utterance
 
-__all__ = ["BUILTIN_LABELS", "SPLIT_SIZES", "builtin_corpus", "write_corpus"]
+__all__ = ["BUILTIN_LABELS", "SPLIT_SIZES", "builtin_corpus"]
 
 BUILTIN_LABELS = ("anger", "joy", "neutral", "sadness", "surprise")
-SPLIT_SIZES = {"train": 800, "dev": 150, "test": 150}
+SPLIT_SIZES = {"train": 800, "dev": 150, "test": 150}  # in the order of rnnkit.erc.data.SPLITS
 
 _NAMES = ("Alice", "Bob", "Carol", "Dan", "Erin", "Frank", "Grace", "Hugo")
 _MOOD_SHIFT = 0.1
@@ -88,15 +86,8 @@ def _draw_dialogue(rng: np.random.Generator, id: str) -> Dialogue:
 
 def builtin_corpus(split: str, seed: int = 0) -> list[Dialogue]:
     """The ``split`` ("train" 800, "dev" 150 or "test" 150 dialogues) of the built-in corpus for ``seed``."""
-    if split not in SPLITS:
+    if split not in SPLIT_SIZES:
         raise ValueError(f"split must be one of 'train', 'dev', 'test', got {split!r}")
-    rng = np.random.default_rng([seed, SPLITS.index(split)])
+    rng = np.random.default_rng([seed, list(SPLIT_SIZES).index(split)])
     return [_draw_dialogue(rng, f"{split}-{i:04d}") for i in range(SPLIT_SIZES[split])]
 
-
-def write_corpus(directory, seed: int = 0) -> None:
-    """Write the corpus as train.jsonl, dev.jsonl and test.jsonl in ``directory`` (created if missing)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
-        write_jsonl(directory / f"{split}.jsonl", builtin_corpus(split, seed))

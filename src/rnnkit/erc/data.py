@@ -30,7 +30,8 @@ jsonl
     "id" is optional (default: the line number as a string) and must be unique; "label" is optional (absent or
     null = unlabeled). The label set is the sorted set of labels seen in the train split.
 builtin
-    the synthetic corpus of :mod:`rnnkit.erc.corpus`; no files (``directory`` is ignored).
+    the synthetic corpus of :mod:`rnnkit.erc.corpus`; no files (``directory`` is ignored); :func:`write_corpus`
+    writes it out in the jsonl format.
 
 MELD and EmoryNLP use weighted F1 over all classes; DailyDialog, where "no emotion" is most of the data, is scored by
 micro F1 over the other classes.
@@ -42,11 +43,12 @@ import json
 from pathlib import Path
 
 from rnnkit.erc._readers import FIXED_LABELS, emotion_file, read_dailydialog, read_jsonl, read_table
+from rnnkit.erc.corpus import BUILTIN_LABELS, builtin_corpus
 from rnnkit.erc.records import DataError, Dialogue, Utterance, data_error
 
 __all__ = [
-    "Utterance", "Dialogue", "DataError", "FORMATS", "SPLITS",
-    "detect_format", "read_split", "read_file", "write_jsonl", "label_set", "neutral_label", "metric_name",
+    "Utterance", "Dialogue", "DataError", "FORMATS", "SPLITS", "detect_format", "resolve_format", "read_split",
+    "read_file", "write_jsonl", "write_corpus", "check_labels", "label_set", "neutral_label", "metric_name",
 ]
 
 FORMATS = ("meld", "emorynlp", "dailydialog", "jsonl", "builtin")
@@ -94,6 +96,16 @@ def detect_format(directory) -> str:
     return found[0]
 
 
+def resolve_format(directory, format: str | None) -> str:
+    """The format to read ``directory`` with: ``format`` as given, "builtin" without a directory, else detected
+    from the files in ``directory``."""
+    if format is None:
+        return "builtin" if directory is None else detect_format(directory)
+    if format != "builtin" and directory is None:
+        raise DataError(f"format {format!r} is read from a dataset directory, and none was given")
+    return _check_format(format)
+
+
 def read_split(directory, split: str, format: str | None = None) -> list[Dialogue]:
     """Read one split ("train", "dev" or "test") of the dataset in ``directory`` (detected when ``format`` is None).
 
@@ -103,8 +115,6 @@ def read_split(directory, split: str, format: str | None = None) -> list[Dialogu
     if split not in SPLITS:
         raise ValueError(f"split must be one of 'train', 'dev', 'test', got {split!r}")
     if format == "builtin":
-        from rnnkit.erc.corpus import builtin_corpus
-
         return builtin_corpus(split)
     format = detect_format(directory) if format is None else _check_format(format)
     directory = Path(directory)
@@ -163,12 +173,29 @@ def write_jsonl(path, dialogues) -> None:
             f.write(json.dumps({"id": dialogue.id, "utterances": utterances}, ensure_ascii=False) + "\n")
 
 
+def write_corpus(directory, seed: int = 0) -> None:
+    """Write the built-in corpus as train.jsonl, dev.jsonl and test.jsonl in ``directory`` (created if missing)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        write_jsonl(directory / f"{split}.jsonl", builtin_corpus(split, seed))
+
+
+def check_labels(dialogues, labels: list[str], source: str) -> None:
+    """DataError naming ``source``, the dialogue and the utterance of the first label outside ``labels`` (the
+    dev or test split of a dataset holding a label its train split, and so the run, does not know)."""
+    known = set(labels)
+    for dialogue in dialogues:
+        for k, utterance in enumerate(dialogue.utterances):
+            if utterance.label is not None and utterance.label not in known:
+                raise DataError(f"{source}: dialogue {dialogue.id!r}, utterances[{k}], field 'label': unknown "
+                                f"label {utterance.label!r}; the run's labels are {', '.join(labels)}")
+
+
 def label_set(format: str, train_dialogues) -> list[str]:
     """The class labels, in class-index order: fixed per corpus, or the sorted labels seen in train for jsonl."""
     _check_format(format)
     if format == "builtin":
-        from rnnkit.erc.corpus import BUILTIN_LABELS
-
         return list(BUILTIN_LABELS)
     if format in FIXED_LABELS:
         return list(FIXED_LABELS[format])

@@ -30,8 +30,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from rnnkit._io import atomic_write_bytes
 from rnnkit.erc._encoder_base import PassThroughEncoder, UtteranceEncoder, grid, scatter
+from rnnkit.trainer import atomic_write_bytes
 
 __all__ = ["TransformerEncoder", "TrainableTransformerEncoder", "resolve_model_dir", "default_cache_dir"]
 

@@ -12,7 +12,7 @@ A run directory holds::
 
 :func:`load_run` rebuilds the model of such a directory; :meth:`Run.predict` and :meth:`Run.probabilities`
 label dialogues with it, and :func:`predict_probabilities` averages several runs (an ensemble of seeds).
-``rnnkit evaluate`` and ``rnnkit predict`` are built on these.
+:mod:`rnnkit.erc.recipe` writes the directory and scores runs with these.
 
 Shapes: B dialogues, U utterances (padded), L labels.
 """
@@ -28,13 +28,12 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from rnnkit._io import load_weights
 from rnnkit.erc.encoders import UtteranceEncoder, load_encoder
 from rnnkit.erc.model import ERCConfig, ERCModel, collate_dialogues
 from rnnkit.erc.records import Dialogue
-from rnnkit.erc.training import WEIGHTS_FILE
+from rnnkit.trainer import WEIGHTS_FILE, atomic_write_bytes, load_weights
 
-__all__ = ["CONFIG_FILE", "EVAL_BATCH_SIZE", "RunError", "Run", "read_json", "load_run", "load_runs",
+__all__ = ["CONFIG_FILE", "EVAL_BATCH_SIZE", "RunError", "Run", "read_json", "write_json", "load_run", "load_runs",
            "predict_probabilities"]
 
 CONFIG_FILE = "config.json"
@@ -43,7 +42,8 @@ EVAL_BATCH_SIZE = 32
 
 
 class RunError(ValueError):
-    """A run directory that cannot be loaded (missing, incomplete, damaged, or runs that do not go together)."""
+    """A run directory that cannot be loaded (missing, incomplete, damaged, or runs that do not go together) or
+    written (not creatable, or an encoder its configuration cannot build)."""
 
 
 @dataclass
@@ -85,6 +85,11 @@ def read_json(path: Path) -> dict:
         raise RunError(f"{path}: file not found") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise RunError(f"{path}: not valid JSON ({err})") from None
+
+
+def write_json(path: Path, obj) -> None:
+    """Write ``obj`` as indented UTF-8 JSON, atomically (a run directory's config.json and metrics.json)."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def load_run(directory, *, encoder: str | None = None) -> Run:

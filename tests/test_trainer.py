@@ -1,4 +1,4 @@
-"""Tests for rnnkit.erc.training: the model-agnostic loop, checkpoints, resume, schedules and parameter groups."""
+"""Tests for rnnkit.trainer: the model-agnostic loop, checkpoints, resume, schedules and parameter groups."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from rnnkit._io import load_weights
-from rnnkit.erc.training import (
+from rnnkit.trainer import (
     CHECKPOINT_DIR,
     STATE_FILE,
     WEIGHTS_FILE,
@@ -18,6 +17,7 @@ from rnnkit.erc.training import (
     DivergenceError,
     Trainer,
     TrainerConfig,
+    load_weights,
     lr_factor,
 )
 

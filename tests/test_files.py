@@ -1,4 +1,4 @@
-"""Tests for rnnkit._io: atomic writes and safetensors weights."""
+"""Tests for rnnkit.trainer.files: atomic writes and safetensors weights."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from rnnkit._io import atomic_write_bytes, load_weights, save_weights
+from rnnkit.trainer.files import atomic_write_bytes, load_weights, save_weights
 
 
 def test_atomic_write_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeypatch):

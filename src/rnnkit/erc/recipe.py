@@ -1,0 +1,224 @@
+"""The ERC recipe: data → utterance encoder → :class:`ERCModel` → :class:`rnnkit.trainer.Trainer` → run directory.
+
+What ``rnnkit train``, ``rnnkit evaluate`` and ``rnnkit predict`` do, callable from Python::
+
+    from rnnkit.erc import ERCConfig, load_data, train_run
+    from rnnkit.trainer import TrainerConfig
+
+    data = load_data()                                     # the built-in corpus; or load_data("data/meld")
+    metrics = train_run("runs/demo", data, ERCConfig(num_labels=len(data.labels)), TrainerConfig(epochs=2))
+    metrics["test"]["weighted_f1"]
+
+:func:`train_run` writes the run directory that :mod:`rnnkit.erc.runs` describes and loads; :func:`score` is the one
+scoring function of training (dev, each epoch, and the final dev and test scores) and :func:`evaluate_runs`, so that
+evaluating a run reproduces the test scores in its metrics.json exactly.
+
+Errors a user can act on: :class:`DataError` (the data), :class:`RunError` (a run directory that cannot be
+written, an encoder its configuration cannot build), :class:`rnnkit.trainer.CheckpointError` (resuming) and
+:class:`rnnkit.trainer.DivergenceError` (a loss that turned NaN or infinite).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rnnkit.erc.data import (
+    SPLITS,
+    DataError,
+    Dialogue,
+    check_labels,
+    label_set,
+    metric_name,
+    neutral_label,
+    read_split,
+    resolve_format,
+)
+from rnnkit.erc.encoders import build_encoder, load_encoder
+from rnnkit.erc.losses import class_weights, erc_loss
+from rnnkit.erc.metrics import compute_metrics
+from rnnkit.erc.model import ERCConfig, ERCModel, collate_dialogues
+from rnnkit.erc.plots import confusion_png, curves_png
+from rnnkit.erc.runs import CONFIG_FILE, Run, RunError, predict_probabilities, write_json
+from rnnkit.trainer import (
+    CHECKPOINT_DIR,
+    STATE_FILE,
+    Trainer,
+    TrainerConfig,
+    atomic_write_bytes,
+    dist_info,
+    seed_everything,
+)
+
+__all__ = [
+    "ABLATIONS", "METRICS_FILE", "CONFUSION_PNG", "CURVES_PNG", "RunData", "load_data", "train_run", "score",
+    "evaluate_runs", "predict_records",
+]
+
+# Variant name -> ERCConfig fields it changes; the full model comes first.
+ABLATIONS = {"full": {}, "no_context": {"use_context": False}, "no_speaker": {"use_speaker": False}}
+METRICS_FILE = "metrics.json"
+CONFUSION_PNG = "confusion_matrix.png"
+CURVES_PNG = "training_curve.png"
+
+
+@dataclass
+class RunData:
+    """The dataset of a run: where it came from (``source`` None for the built-in corpus), its format, the cut to
+    the first ``limit`` dialogues of each split, the label set (class-index order) and the three splits."""
+
+    source: str | None
+    format: str
+    limit: int | None
+    labels: list[str]
+    splits: dict[str, list[Dialogue]]
+
+
+def _read_dialogues(source: str | None, format: str, split: str, limit: int | None) -> list[Dialogue]:
+    dialogues = read_split(source, split, format)
+    return dialogues if limit is None else dialogues[:limit]
+
+
+def _where(source: str | None, split: str) -> str:
+    return f"{source or 'built-in corpus'} ({split} split)"
+
+
+def load_data(source: str | None = None, format: str | None = None, limit: int | None = None) -> RunData:
+    """Read the train, dev and test splits of the dataset in directory ``source`` (None: the built-in corpus),
+    detecting its format unless given; ``limit`` keeps the first dialogues of each split. The labels come from the
+    format (or the train split for jsonl); a dev or test label outside them is a :class:`DataError`."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be None or an integer >= 1, got {limit!r}")
+    format = resolve_format(source, format)
+    splits = {split: _read_dialogues(source, format, split, limit) for split in SPLITS}
+    labels = label_set(format, splits["train"])
+    for split in ("dev", "test"):
+        check_labels(splits[split], labels, _where(source, split))
+    return RunData(source, format, limit, labels, splits)
+
+
+def score(models: ERCModel | Sequence[ERCModel], dialogues: list[Dialogue], labels: list[str], format: str) -> dict:
+    """``compute_metrics`` over the labeled utterances of ``dialogues`` (plus micro_f1_no_neutral for DailyDialog),
+    predicted by one model or the mean probabilities of several. The encoders must have been prepared for
+    ``dialogues`` (see :func:`predict_probabilities`)."""
+    index = {label: i for i, label in enumerate(labels)}
+    y_true, y_pred = [], []
+    for dialogue, probs in zip(dialogues, predict_probabilities(models, dialogues)):
+        for utterance, p in zip(dialogue.utterances, probs):
+            if utterance.label is not None:
+                y_true.append(index[utterance.label])
+                y_pred.append(int(p.argmax()))
+    if not y_true:
+        raise DataError(f"no labeled utterances to score among {len(dialogues)} dialogue(s)")
+    neutral = neutral_label(format) if metric_name(format) == "micro_f1_no_neutral" else None
+    return compute_metrics(y_true, y_pred, labels, neutral)
+
+
+def train_run(directory, data: RunData | None = None, model: ERCConfig | None = None,
+              trainer: TrainerConfig | None = None, *, resume: bool = False) -> dict:
+    """Train one model on ``data`` (default: the built-in corpus) into the run directory ``directory`` and return
+    what it writes to metrics.json: dev and test scores, the best epoch and the per-epoch history.
+
+    ``model`` defaults to ``ERCConfig(num_labels=len(data.labels))``, ``trainer`` to ``TrainerConfig()``. With
+    ``resume``, ``directory`` already holds this run's config.json and encoder: the encoder is loaded rather than
+    built, and training continues from the checkpoint when there is one (a run stopped before its first checkpoint
+    starts over). Without it, whatever run ``directory`` holds is overwritten.
+
+    Under ``torchrun`` (after :func:`rnnkit.trainer.init_distributed`) every process calls this; rank 0 alone
+    writes files, and the other ranks return ``{}``.
+    """
+    directory = Path(directory)
+    data = load_data() if data is None else data
+    model_config = ERCConfig(num_labels=len(data.labels)) if model is None else model
+    trainer_config = TrainerConfig() if trainer is None else trainer
+    info = dist_info()
+    resume_from_checkpoint = resume and (directory / CHECKPOINT_DIR / STATE_FILE).is_file()
+    seed_everything(trainer_config.seed)
+    try:
+        if resume:
+            encoder = load_encoder(model_config, directory)
+        else:
+            encoder = build_encoder(model_config, data.splits["train"])
+    except ValueError as err:  # not a model directory, a layer the model lacks, a model changed since the run began
+        raise RunError(str(err)) from None
+    for split in ("dev", "test"):
+        encoder.prepare(data.splits[split], split)
+    erc_model = ERCModel(model_config, encoder)
+    label_index = {label: i for i, label in enumerate(data.labels)}
+    monitor = metric_name(data.format)
+    if info.is_main:
+        if not resume:
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise RunError(f"{directory}: cannot create the run directory ({err.strerror})") from None
+            encoder.save(directory)
+        # Rewritten on resume too: the number of epochs may have grown.
+        write_json(directory / CONFIG_FILE, {
+            "data": data.source, "format": data.format, "limit": data.limit, "labels": data.labels,
+            "model": model_config.to_dict(), "trainer": dataclasses.asdict(trainer_config),
+        })
+
+    def evaluate(m):
+        scores = score(m, data.splits["dev"], data.labels, data.format)
+        return {k: v for k, v in scores.items() if isinstance(v, float)}
+
+    weights = class_weights(data.splits["train"], data.labels, trainer_config.class_weighting)  # (L,) or None
+    loop = Trainer(erc_model, data.splits["train"], lambda items: collate_dialogues(items, encoder, label_index),
+                   functools.partial(erc_loss, weights=weights, label_smoothing=trainer_config.label_smoothing,
+                                     contrastive=trainer_config.contrastive),
+                   evaluate, monitor, trainer_config, directory,
+                   param_groups=erc_model.param_groups(trainer_config.lr), item_size=encoder.num_tokens)
+    result = loop.fit(resume=resume_from_checkpoint)
+    if not info.is_main:
+        return {}
+    metrics = {
+        "format": data.format, "monitor": monitor, "best_epoch": result.best_epoch,
+        "dev": score(erc_model, data.splits["dev"], data.labels, data.format),
+        "test": score(erc_model, data.splits["test"], data.labels, data.format),
+        "history": result.history,
+    }
+    write_json(directory / METRICS_FILE, metrics)
+    atomic_write_bytes(directory / CONFUSION_PNG,
+                       confusion_png(metrics["test"]["confusion"], data.labels, f"test confusion ({directory.name})"))
+    atomic_write_bytes(directory / CURVES_PNG, curves_png(result.history, monitor, result.best_epoch))
+    return metrics
+
+
+def evaluate_runs(runs: Sequence[Run], split: str = "test", source: str | None = None,
+                  format: str | None = None) -> dict:
+    """Score ``runs`` (one, or an ensemble averaging their probabilities) on ``split`` of the dataset in
+    ``source``, by default the data the first run was trained on (with its ``limit``). Returns the data, format
+    and split scored, then the scores of :func:`score`."""
+    first = runs[0]
+    if source is None and format is None:
+        source, format, limit = first.data, first.format, first.limit
+    else:
+        format, limit = resolve_format(source, format), None
+    dialogues = _read_dialogues(source, format, split, limit)
+    check_labels(dialogues, first.labels, _where(source, split))
+    for member in runs:
+        member.model.encoder.prepare(dialogues, split)
+    return {"data": source, "format": format, "split": split,
+            **score([member.model for member in runs], dialogues, first.labels, format)}
+
+
+def predict_records(runs: Sequence[Run], dialogues: list[Dialogue]) -> list[dict]:
+    """One record per utterance of ``dialogues``, labeled by ``runs`` (averaging their probabilities): dialogue id,
+    index, speaker, text, predicted label, every label's probability, and the gold label when there is one."""
+    labels = runs[0].labels
+    for member in runs:
+        member.model.encoder.prepare(dialogues)
+    records = []
+    for dialogue, probs in zip(dialogues, predict_probabilities([member.model for member in runs], dialogues)):
+        for index, (utterance, p) in enumerate(zip(dialogue.utterances, probs.tolist())):
+            record = {"dialogue": dialogue.id, "index": index, "speaker": utterance.speaker, "text": utterance.text,
+                      "prediction": labels[max(range(len(p)), key=p.__getitem__)],
+                      "probabilities": dict(zip(labels, p))}
+            if utterance.label is not None:
+                record["label"] = utterance.label
+            records.append(record)
+    return records
