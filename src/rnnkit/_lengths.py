@@ -52,10 +52,15 @@ class _Permute(torch.autograd.Function):
     inverse permutation. Autograd's own rule for index_select (``index_add_`` into a zero tensor)
     costs a fill and a scatter of the whole tensor; a permutation's gradient is just the inverse gather."""
 
+    generate_vmap_rule = True  # the forward is one torch operation, which vmap batches itself
+
     @staticmethod
-    def forward(ctx, x, index, inverse):
-        ctx.index, ctx.inverse = index, inverse
+    def forward(x, index, inverse):
         return x.index_select(0, index)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, ctx.index, ctx.inverse = inputs
 
     @staticmethod
     def backward(ctx, grad):
