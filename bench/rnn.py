@@ -197,7 +197,7 @@ class CellLoop(nn.Module):
         state, outputs = None, []
         for x_t in x:  # (B, D)
             state = self.cell(x_t, state)
-            outputs.append(state.h)
+            outputs.append(state[0])
         return torch.stack(outputs), state  # (T, B, H)
 
 
@@ -355,7 +355,7 @@ def bench_directions(repeats):
             packing = Packing(lengths, T, B)
             h = packing.pack(x)
             for layer in range(layers):
-                forward, reverse = lstm._layer_weights(layer)
+                forward, reverse = lstm.all_weights[2 * layer : 2 * layer + 2]
                 out, _ = _equations.run_packed("LSTM", h, packing, None, [forward], has_biases=True)
                 back, _ = _equations.run_packed("LSTM", packing.reverse(h), packing, None, [reverse], has_biases=True)
                 h = torch.cat([out, packing.reverse(back)], -1)

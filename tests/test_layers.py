@@ -1,4 +1,4 @@
-"""The layers against torch.nn.LSTM / GRU (padded, packed, per sequence) and against the cells.
+"""The layers against torch.nn.LSTM / GRU / RNN (padded, packed, per sequence) and against the cells.
 
 Ground truth with lengths is torch's module holding the same state_dict, run on a
 PackedSequence (``enforce_sorted=False``) or on each sequence alone.
@@ -7,6 +7,8 @@ PackedSequence (``enforce_sorted=False``) or on each sequence alone.
 from __future__ import annotations
 
 import doctest
+import pickle
+from functools import partial
 
 import pytest
 import torch
@@ -18,17 +20,20 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit.layers
-from rnnkit.cells import LayerNormLSTMCell, LSTMState
-from rnnkit.layers import GRU, LSTM, LayerNormLSTM
+from rnnkit.cells import LayerNormLSTMCell, RNNInputError
+from rnnkit.layers import GRU, LSTM, RNN, LayerNormLSTM
 
 T, B, D, H = 7, 4, 3, 5
 LENGTHS = [5, 7, 1, 3]  # unsorted, one full length
 TOL = {"rtol": 1e-10, "atol": 1e-10}
-OURS = {"LSTM": LSTM, "GRU": GRU, "LayerNormLSTM": LayerNormLSTM}
-TORCH = {"LSTM": nn.LSTM, "GRU": nn.GRU}
+OURS = {"LSTM": LSTM, "GRU": GRU, "RNN_TANH": partial(RNN, nonlinearity="tanh"),
+        "RNN_RELU": partial(RNN, nonlinearity="relu"), "LayerNormLSTM": LayerNormLSTM}
+TORCH = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN_TANH": partial(nn.RNN, nonlinearity="tanh"),
+         "RNN_RELU": partial(nn.RNN, nonlinearity="relu")}
+TORCH_MODES = list(TORCH)
 # LayerNormLSTM has no fused kernel, so no native backend
-MODES_AND_BACKENDS = [("LSTM", "native"), ("LSTM", "equations"), ("GRU", "native"), ("GRU", "equations"),
-                      ("LayerNormLSTM", "equations")]
+MODES_AND_BACKENDS = [(mode, backend) for mode in TORCH for backend in ("native", "equations")] + [
+    ("LayerNormLSTM", "equations")]
 
 
 def _pair(mode, backend, proj_size=0, **kwargs):
@@ -44,14 +49,18 @@ def _initial_state(model, batch=B, requires_grad=True):
     """Random ``(h_0,)`` or ``(h_0, c_0)`` for ``model``, shaped (L * dirs, B, ·)."""
     num = model.num_layers * (2 if model.bidirectional else 1)
     shapes = [(num, batch, model.proj_size or model.hidden_size)]
-    if not isinstance(model, (GRU, nn.GRU)):
+    if _has_cell(model):
         shapes.append((num, batch, model.hidden_size))
     return tuple(torch.randn(shape, dtype=torch.float64, requires_grad=requires_grad) for shape in shapes)
 
 
+def _has_cell(model):
+    return model.mode in ("LSTM", "LayerNormLSTM")
+
+
 def _hx(model, states):
-    """The ``hx`` argument from ``(h_0,)`` / ``(h_0, c_0)``: a tensor for a GRU, a pair otherwise."""
-    return None if states is None else states[0] if isinstance(model, (GRU, nn.GRU)) else tuple(states)
+    """The ``hx`` argument from ``(h_0,)`` / ``(h_0, c_0)``: a pair for the LSTM kinds, a tensor otherwise."""
+    return None if states is None else tuple(states) if _has_cell(model) else states[0]
 
 
 def _states(result_hx):
@@ -95,7 +104,7 @@ def _params(model):
     return [p for _, p in sorted(model.named_parameters())]
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("mode", TORCH_MODES)
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("batch_first", [False, True])
@@ -140,7 +149,7 @@ def test_proj_size_parity(backend, bidirectional, with_lengths):
         out, hx_n = ours(x, _hx(ours, states))
         expected_out, expected_hx_n = reference(x, _hx(reference, states))
         expected = (expected_out, tuple(expected_hx_n))
-    assert out.shape == (T, B, 2 * (1 + bidirectional)) and hx_n.h.shape[-1] == 2 and hx_n.c.shape[-1] == H
+    assert out.shape == (T, B, 2 * (1 + bidirectional)) and hx_n[0].shape[-1] == 2 and hx_n[1].shape[-1] == H
     got, expected = (out, *hx_n), (expected[0], *expected[1])
     torch.testing.assert_close(got, expected, **TOL)
     leaves = [x, *states]
@@ -148,7 +157,7 @@ def test_proj_size_parity(backend, bidirectional, with_lengths):
                                **TOL)
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("mode", TORCH_MODES)
 @pytest.mark.parametrize("backend", ["native", "equations"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_each_sequence_alone(mode, backend, bidirectional):
@@ -160,9 +169,9 @@ def test_each_sequence_alone(mode, backend, bidirectional):
     torch.testing.assert_close((out, *_states(hx_n)), (expected_out, *expected_hx_n), **TOL)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
-    mode=st.sampled_from(["LSTM", "GRU"]),
+    mode=st.sampled_from(TORCH_MODES),
     backend=st.sampled_from(["native", "equations"]),
     num_layers=st.integers(1, 2),
     bidirectional=st.booleans(),
@@ -254,7 +263,7 @@ def test_length_zero_gives_zero_output_and_initial_state(mode, backend, bidirect
         assert torch.equal(grad[:, empty], up[:, empty])  # the state passes straight through
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("mode", TORCH_MODES)
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_backends_agree(mode, bidirectional):
     native = OURS[mode](D, H, 3, bidirectional=bidirectional, backend="native").double()
@@ -281,18 +290,18 @@ def _layernorm_reference(model, x, lengths, states):
             names = [name for name, _ in cell.named_parameters()]
             for d, suffix in enumerate(["", "_reverse"][:dirs]):
                 weights = {name: params[f"{name}_l{layer}{suffix}"] for name in names}
-                state = LSTMState(*(s[layer * dirs + d, b] for s in states))
+                state = tuple(s[layer * dirs + d, b] for s in states)
                 ys = [None] * length
                 for t in range(length) if d == 0 else reversed(range(length)):
                     state = functional_call(cell, weights, (seq[t], state))
-                    ys[t] = state.h
+                    ys[t] = state[0]
                 outputs.append(torch.stack(ys) if length else seq.new_zeros(0, model.hidden_size))
                 final.append(state)
             seq = torch.cat(outputs, -1)  # (length, dirs * H)
         outs.append(F.pad(seq, (0, 0, 0, x.shape[0] - length)))
         finals.append(final)
-    h_n = torch.stack([torch.stack([s.h for s in final]) for final in finals], 1)
-    c_n = torch.stack([torch.stack([s.c for s in final]) for final in finals], 1)
+    h_n = torch.stack([torch.stack([s[0] for s in final]) for final in finals], 1)
+    c_n = torch.stack([torch.stack([s[1] for s in final]) for final in finals], 1)
     return torch.stack(outs, 1), h_n, c_n
 
 
@@ -314,7 +323,7 @@ def test_layernorm_lstm_matches_cell_loop(bidirectional, with_lengths):
     torch.testing.assert_close(_grads(got, leaves), _grads(expected, leaves), **TOL)
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("mode", TORCH_MODES)
 @pytest.mark.parametrize("backend", ["native", "equations"])
 @pytest.mark.parametrize("with_hx", [False, True])
 def test_unbatched_input(mode, backend, with_hx):
@@ -326,8 +335,9 @@ def test_unbatched_input(mode, backend, with_hx):
     torch.testing.assert_close((out, *_states(hx_n)), (expected_out, *_states(expected_hx_n)), **TOL)
 
 
-@pytest.mark.parametrize("mode, kwargs", [("LSTM", {}), ("LSTM", {"proj_size": 3}), ("GRU", {}),
-                                          ("LSTM", {"bias": False}), ("GRU", {"bias": False})])
+@pytest.mark.parametrize("mode, kwargs", [("LSTM", {}), ("LSTM", {"proj_size": 3}), ("GRU", {}), ("RNN_RELU", {}),
+                                          ("LSTM", {"bias": False}), ("GRU", {"bias": False}),
+                                          ("RNN_TANH", {"bias": False})])
 def test_state_dict_round_trip_with_torch(mode, kwargs):
     config = dict(num_layers=2, bidirectional=True, **kwargs)
     theirs = TORCH[mode](D, H, **config)
@@ -353,7 +363,7 @@ def test_layernorm_lstm_state_dict():
     assert torch.equal(source.ln_c_weight_l1_reverse, torch.ones(H)) and source.ln_ih_bias_l0.shape == (4 * H,)
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "GRU", "LayerNormLSTM"])
+@pytest.mark.parametrize("mode", list(OURS))
 def test_init_matches_torch_bounds(mode):
     model = OURS[mode](D, 16, 2)
     for name, weight in model.named_parameters():
@@ -362,7 +372,7 @@ def test_init_matches_torch_bounds(mode):
 
 
 def test_backend_selection():
-    assert LSTM(D, H).backend == GRU(D, H).backend == "native"
+    assert LSTM(D, H).backend == GRU(D, H).backend == RNN(D, H).backend == "native"
     assert LayerNormLSTM(D, H).backend == "equations"
     assert LSTM(D, H, backend="equations").backend == "equations"
 
@@ -389,20 +399,49 @@ def test_dropout_with_one_layer_warns():
         LSTM(D, H, dropout=0.5)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"hidden_size": 0}, r"hidden_size must be a positive integer, got 0"),
-    ({"input_size": 0}, r"input_size must be a positive integer, got 0"),
-    ({"num_layers": 0}, r"num_layers must be an integer >= 1, got 0"),
-    ({"dropout": 1.5}, r"dropout must be a number in \[0, 1\], got 1.5"),
-    ({"dropout": -0.1}, r"dropout must be a number in \[0, 1\], got -0.1"),
-    ({"proj_size": -1}, r"proj_size must be an integer >= 0 and < hidden_size=5, got -1"),
-    ({"proj_size": 5}, r"proj_size must be an integer >= 0 and < hidden_size=5, got 5"),
-    ({"backend": "cudnn"}, r"backend must be one of 'auto', 'native', 'equations', got 'cudnn'"),
-])
-def test_constructor_errors(kwargs, message):
+CONSTRUCTOR_MISTAKES = [  # mode, arguments, the exception type torch raises too, rnnkit's message
+    ("LSTM", {"hidden_size": 0}, ValueError, r"hidden_size must be greater than zero, got 0"),
+    ("GRU", {"input_size": 0}, ValueError, r"input_size must be greater than zero, got 0"),
+    ("GRU", {"input_size": 3.0}, TypeError, r"input_size should be of type int, got: float"),
+    ("LSTM", {"num_layers": 0}, ValueError, r"num_layers must be greater than zero, got 0"),
+    ("RNN_TANH", {"num_layers": 1.5}, TypeError, r"num_layers should be of type int, got: float"),
+    ("LSTM", {"dropout": 1.5}, ValueError, r"dropout must be a number in \[0, 1\], got 1.5"),
+    ("GRU", {"dropout": -0.1}, ValueError, r"dropout must be a number in \[0, 1\], got -0.1"),
+    ("LSTM", {"proj_size": -1}, ValueError, r"proj_size must be >= 0 and smaller than hidden_size=5, got -1"),
+    ("LSTM", {"proj_size": 5}, ValueError, r"proj_size must be >= 0 and smaller than hidden_size=5, got 5"),
+    ("LSTM", {"batch_first": "False"}, TypeError, r"batch_first should be of type bool, got: str"),
+    ("LSTM", {"bias": "True"}, TypeError, r"bias should be of type bool, got: str"),
+    ("RNN_RELU", {"batch_first": 1}, TypeError, r"batch_first should be of type bool, got: int"),
+    ("GRU", {"bias": 0}, TypeError, r"bias should be of type bool, got: int"),
+    ("GRU", {"proj_size": 2}, ValueError, r"proj_size argument is only supported for LSTM, not GRU"),
+    ("RNN_TANH", {"proj_size": 0}, ValueError, r"proj_size argument is only supported for LSTM, not RNN"),
+]
+
+
+@pytest.mark.parametrize("mode, kwargs, error, message", CONSTRUCTOR_MISTAKES)
+def test_constructor_errors_are_torchs(mode, kwargs, error, message):
     arguments = {"input_size": D, "hidden_size": H, **kwargs}
-    with pytest.raises(ValueError, match=message):
-        LSTM(**arguments)
+    with pytest.raises(error, match=message):
+        OURS[mode](**arguments)
+    with pytest.raises(error):
+        TORCH[mode](**arguments)
+
+
+def test_bidirectional_must_be_a_bool():
+    """Stricter than torch, which takes any truthy value: ``bidirectional="False"`` would build two directions."""
+    assert nn.LSTM(D, H, bidirectional="False").bidirectional == "False"
+    for value in ("False", 1):
+        with pytest.raises(TypeError, match=rf"bidirectional should be of type bool, got: {type(value).__name__}"):
+            LSTM(D, H, bidirectional=value)
+
+
+def test_unknown_nonlinearity():
+    message = r"Unknown nonlinearity 'sigmoid'. Select from 'tanh' or 'relu'."
+    for cls in (RNN, nn.RNN):
+        with pytest.raises(ValueError, match=message):
+            cls(D, H, nonlinearity="sigmoid")
+    with pytest.raises(ValueError, match=r"backend must be one of 'auto', 'native', 'equations', got 'cudnn'"):
+        LSTM(D, H, backend="cudnn")
 
 
 def test_layernorm_lstm_has_no_native_backend():
@@ -411,38 +450,129 @@ def test_layernorm_lstm_has_no_native_backend():
 
 
 X = torch.randn(T, B, D)
-BAD_CALLS = [
-    ("LSTM", (torch.randn(T, B, 1, D),), {},
+BAD_CALLS = [  # mode, args, kwargs, the exception type torch raises (None: not a torch argument), rnnkit's message
+    ("LSTM", (torch.randn(T, B, 1, D),), {}, ValueError,
      r"LSTM: expected input to be 2-D \(T, D\) unbatched or 3-D batched, got 4-D"),
-    ("GRU", (torch.randn(T, B, D + 1),), {}, r"GRU: input.size\(-1\) must be equal to input_size. Expected 3, got 4"),
-    ("LSTM", (X, torch.zeros(2, B, H)), {}, r"LSTM: hx must be a pair \(h_0, c_0\), got \(2, 4, 5\)"),
-    ("LSTM", (X, (torch.zeros(2, B, H), torch.zeros(2, B, H))), {},
+    ("RNN_TANH", (torch.randn(D),), {}, ValueError, r"RNN: expected input to be 2-D \(T, D\) unbatched or 3-D"),
+    ("GRU", (torch.randn(T, B, D + 1),), {}, RuntimeError,
+     r"GRU: input.size\(-1\) must be equal to input_size. Expected 3, got 4"),
+    ("RNN_RELU", (torch.randn(T, D + 1),), {}, RuntimeError, r"RNN: input.size\(-1\) must be equal to input_size"),
+    ("LSTM", (X.double(),), {}, ValueError,
+     r"LSTM: RNN input dtype \(torch.float64\) does not match weight dtype \(torch.float32\)"),
+    ("GRU", (X, torch.zeros(1, B, H, dtype=torch.float64)), {}, RuntimeError,
+     r"GRU: RNN hx dtype \(torch.float64\) does not match weight dtype \(torch.float32\)"),
+    ("LSTM", (X, torch.zeros(2, B, H)), {}, None, r"LSTM: hx must be a pair \(h_0, c_0\), got \(2, 4, 5\)"),
+    ("LSTM", (X, (torch.zeros(2, B, H), torch.zeros(2, B, H))), {}, RuntimeError,
      r"LSTM: h_0 must have shape \(1, 4, 5\), got \(2, 4, 5\)"),
-    ("LSTM", (X, (torch.zeros(1, B, H), torch.zeros(1, B + 1, H))), {},
+    ("LSTM", (X, (torch.zeros(1, B, H), torch.zeros(1, B + 1, H))), {}, RuntimeError,
      r"LSTM: c_0 must have shape \(1, 4, 5\), got \(1, 5, 5\)"),
-    ("GRU", (X, torch.zeros(1, B, H + 1)), {}, r"GRU: hx must have shape \(1, 4, 5\), got \(1, 4, 6\)"),
-    ("GRU", (X[:, 0], torch.zeros(1, 1, H)), {}, r"GRU: hx must have shape \(1, 5\), got \(1, 1, 5\)"),
-    ("GRU", (X,), {"lengths": [1, 2, 3]}, r"lengths has 3 entries but the batch has 4 sequences"),
-    ("GRU", (X,), {"lengths": [1, 2, 3, 8]}, r"lengths must be <= the padded length 7, got 8"),
-    ("GRU", (X,), {"lengths": [1, 2, 3, -1]}, r"lengths must be >= 0, got -1"),
-    ("GRU", (X,), {"lengths": torch.tensor([1.0, 2, 3, 4])},
+    ("GRU", (X, torch.zeros(1, B, H + 1)), {}, RuntimeError, r"GRU: hx must have shape \(1, 4, 5\), got \(1, 4, 6\)"),
+    ("RNN_TANH", (X, torch.zeros(1, B + 1, H)), {}, RuntimeError,
+     r"RNN: hx must have shape \(1, 4, 5\), got \(1, 5, 5\)"),
+    ("GRU", (X[:, 0], torch.zeros(1, 1, H)), {}, RuntimeError, r"GRU: hx must have shape \(1, 5\), got \(1, 1, 5\)"),
+    ("RNN_TANH", (X, torch.zeros(B, H)), {}, RuntimeError, r"RNN: hx must have shape \(1, 4, 5\), got \(4, 5\)"),
+    ("LSTM", (torch.randn(0, B, D),), {}, RuntimeError,
+     r"LSTM: expected sequence length to be larger than 0, got an input with 0 steps"),
+    ("GRU", (X,), {"lengths": [1, 2, 3]}, None, r"lengths has 3 entries but the batch has 4 sequences"),
+    ("GRU", (X,), {"lengths": [1, 2, 3, 8]}, None, r"lengths must be <= the padded length 7, got 8"),
+    ("GRU", (X,), {"lengths": [1, 2, 3, -1]}, None, r"lengths must be >= 0, got -1"),
+    ("GRU", (X,), {"lengths": torch.tensor([1.0, 2, 3, 4])}, None,
      r"lengths must be an integer tensor, got dtype torch.float32"),
-    ("GRU", (X,), {"lengths": torch.ones(2, 2, dtype=torch.long)}, r"lengths must be 1-D, got shape \(2, 2\)"),
-    ("GRU", (X,), {"lengths": [3] * B, "mask": torch.ones(B, T, dtype=torch.bool)}, r"pass lengths or mask, not both"),
-    ("GRU", (X,), {"mask": torch.ones(B, T)}, r"mask must be a bool tensor, got torch.float32"),
-    ("GRU", (X,), {"mask": torch.ones(T, B, dtype=torch.bool)},
+    ("GRU", (X,), {"lengths": torch.ones(2, 2, dtype=torch.long)}, None, r"lengths must be 1-D, got shape \(2, 2\)"),
+    ("GRU", (X,), {"lengths": [3] * B, "mask": torch.ones(B, T, dtype=torch.bool)}, None,
+     r"pass lengths or mask, not both"),
+    ("GRU", (X,), {"mask": torch.ones(B, T)}, None, r"mask must be a bool tensor, got torch.float32"),
+    ("GRU", (X,), {"mask": torch.ones(T, B, dtype=torch.bool)}, None,
      r"mask must have shape \(B, T\) = \(4, 7\), got \(7, 4\)"),
-    ("GRU", (X,), {"mask": torch.arange(T).repeat(B, 1) > 2},
+    ("GRU", (X,), {"mask": torch.arange(T).repeat(B, 1) > 2}, None,
      r"mask must be True on a prefix of each sequence \(real steps first, then padding\)"),
-    ("GRU", (pack_padded_sequence(X, [7, 5, 3, 1]),), {"lengths": [7, 5, 3, 1]},
+    ("GRU", (pack_padded_sequence(X, [7, 5, 3, 1]),), {"lengths": [7, 5, 3, 1]}, None,
      r"lengths and mask cannot be given with a PackedSequence, which carries its own lengths"),
 ]
 
 
-@pytest.mark.parametrize("mode, args, kwargs, message", BAD_CALLS)
-def test_forward_errors(mode, args, kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        OURS[mode](D, H)(*args, **kwargs)
+@pytest.mark.parametrize("mode, args, kwargs, torch_error, message", BAD_CALLS)
+@pytest.mark.parametrize("backend", ["native", "equations"])
+def test_forward_errors(mode, args, kwargs, torch_error, message, backend):
+    """The exception type torch raises for the same mistake (:class:`RNNInputError` is both a ValueError and a
+    RuntimeError), with rnnkit's message; ValueError for rnnkit's own arguments."""
+    with pytest.raises(torch_error or ValueError, match=message) as raised:
+        OURS[mode](D, H, backend=backend)(*args, **kwargs)
+    if torch_error is not None:
+        assert isinstance(raised.value, RNNInputError)
+        with pytest.raises(torch_error):
+            TORCH[mode](D, H)(*args, **kwargs)
+
+
+@pytest.mark.parametrize("mode", TORCH_MODES)
+def test_states_are_plain_tuples(mode):
+    """What torch returns, so code that rebuilds a state with ``type(h)(...)`` runs unchanged."""
+    for backend in ("native", "equations"):
+        ours, reference = _pair(mode, backend)
+        x = torch.randn(T, B, D, dtype=torch.float64)
+        (_, state), (_, expected) = ours(x), reference(x)
+        assert type(state) is type(expected)
+        rebuilt = type(state)(t.detach() for t in state) if isinstance(state, tuple) else state.detach()
+        torch.testing.assert_close(ours(x, rebuilt)[0], reference(x, expected)[0], **TOL)
+
+
+@pytest.mark.parametrize("mode", TORCH_MODES)
+@pytest.mark.parametrize("kwargs", [{}, {"num_layers": 2, "bidirectional": True, "bias": False}])
+def test_factory_kwargs_and_init_match_torch(mode, kwargs):
+    extra = {"proj_size": 2} if mode == "LSTM" and kwargs else {}
+    torch.manual_seed(3)
+    ours = OURS[mode](D, H, **kwargs, **extra, device="cpu", dtype=torch.float64)
+    torch.manual_seed(3)
+    reference = TORCH[mode](D, H, **kwargs, **extra, device="cpu", dtype=torch.float64)
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    for name, weight in reference.state_dict().items():  # the same random numbers in the same order
+        assert torch.equal(ours.state_dict()[name], weight) and ours.state_dict()[name].dtype == torch.float64
+
+
+@pytest.mark.parametrize("mode", TORCH_MODES)
+def test_rnnbase_attributes(mode):
+    extra = {"proj_size": 2} if mode == "LSTM" else {}
+    ours = OURS[mode](D, H, 2, bidirectional=True, **extra)
+    reference = TORCH[mode](D, H, 2, bidirectional=True, **extra)
+    assert ours.mode == reference.mode
+    assert ours._flat_weights_names == reference._flat_weights_names
+    assert ours._all_weights == reference._all_weights
+    assert [[w.shape for w in ws] for ws in ours.all_weights] == [[w.shape for w in ws] for ws in reference.all_weights]
+    assert all(w is getattr(ours, name) for w, name in zip(ours._flat_weights, ours._flat_weights_names))
+    before = {name: p.clone() for name, p in ours.named_parameters()}
+    assert ours.flatten_parameters() is None
+    assert all(torch.equal(p, before[name]) for name, p in ours.named_parameters())
+    if mode.startswith("RNN_"):
+        assert ours.nonlinearity == reference.nonlinearity
+
+
+@pytest.mark.parametrize("mode", TORCH_MODES)
+@pytest.mark.parametrize("backend", ["native", "equations"])
+def test_repr_is_torchs_and_the_backend(mode, backend):
+    extra = {"proj_size": 2} if mode == "LSTM" else {}
+    kwargs = {"num_layers": 2, "bias": False, "batch_first": True, "dropout": 0.5, "bidirectional": True, **extra}
+    ours, reference = OURS[mode](D, H, **kwargs, backend=backend), TORCH[mode](D, H, **kwargs)
+    assert repr(ours) == repr(reference)[:-1] + f", backend='{backend}')"
+
+
+@pytest.mark.parametrize("mode, backend", MODES_AND_BACKENDS)
+def test_pickle_round_trip(mode, backend):
+    ours = OURS[mode](D, H, 2, bidirectional=True, backend=backend).double()
+    copy = pickle.loads(pickle.dumps(ours))
+    x = torch.randn(T, B, D, dtype=torch.float64)
+    assert repr(copy) == repr(ours)
+    torch.testing.assert_close(copy(x, lengths=LENGTHS), ours(x, lengths=LENGTHS), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", TORCH_MODES)
+def test_empty_batch(mode):
+    """B = 0 is an empty result, as in torch, on both backends."""
+    for backend in ("native", "equations"):
+        ours, reference = _pair(mode, backend, num_layers=2, bidirectional=True)
+        x = torch.randn(T, 0, D, dtype=torch.float64)
+        got, expected = ours(x), reference(x)
+        torch.testing.assert_close((got[0], *_states(got[1])), (expected[0], *_states(expected[1])))
+        assert ours(x, lengths=torch.zeros(0, dtype=torch.long))[0].shape == (T, 0, 2 * H)
 
 
 def test_docstring_examples_run():

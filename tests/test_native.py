@@ -12,7 +12,9 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from rnnkit import LSTM, _native
-from rnnkit._native import run_layer, run_stack
+from rnnkit._kinds import KINDS
+from rnnkit._native import run_layer, run_packed, run_stack
+from rnnkit._packing import Packing
 
 T, B, D, H = 7, 6, 5, 4
 LENGTHS = [7, 0, 3, 7, 1, 5]  # unsorted, with an empty and full-length sequences
@@ -74,7 +76,7 @@ def _compare(mode, module, lengths, with_hx, dtype, atol, rtol, steps=T, max_chu
     hx_ours = None if hx is None else tuple(_leaves(hx))
     hx_ref = None if hx is None else tuple(_leaves(hx))
 
-    out, states = run_layer(mode, x_ours, lengths, hx_ours, weights, has_biases=True, max_chunks=max_chunks)
+    out, states = run_layer(KINDS[mode], x_ours, lengths, hx_ours, weights, has_biases=True, max_chunks=max_chunks)
     ref_lengths = torch.full((batch,), steps) if lengths is None else lengths
     ref_out, ref_states = _reference(mode, module, x_ref, ref_lengths, hx_ref)
     close = dict(atol=atol, rtol=rtol)
@@ -185,14 +187,14 @@ def test_chunks_run_only_the_sequences_still_running(monkeypatch, bidirectional)
     calls = []
     fused = _native._fused
 
-    def recording_fused(mode, x, *args, **kwargs):
-        calls.append(tuple(x.shape[:2]))  # (steps, sequences)
-        return fused(mode, x, *args, **kwargs)
+    def recording_fused(kind, inputs, *args, **kwargs):
+        calls.append(tuple(inputs[0].shape[:2]))  # (steps, sequences)
+        return fused(kind, inputs, *args, **kwargs)
 
     monkeypatch.setattr(_native, "_fused", recording_fused)
     module = _module("LSTM", bidirectional, 0, torch.float64)
     lengths = torch.tensor(CHUNK_LENGTHS)
-    run_layer("LSTM", torch.randn(11, len(lengths), D, dtype=torch.float64), lengths, None,
+    run_layer(KINDS["LSTM"], torch.randn(11, len(lengths), D, dtype=torch.float64), lengths, None,
               [list(w) for w in module.all_weights], has_biases=True, max_chunks=3)
     bounds = _native._chunk_bounds(lengths, 3)
     chunks = [(stop - start, int((lengths > start).sum())) for start, stop in zip(bounds, bounds[1:])]
@@ -217,8 +219,8 @@ def test_padding_steps_change_nothing_bitwise_float32(mode, bidirectional, with_
     x_long = torch.cat([x, torch.zeros(9, B, D)])  # (T + 9, B, D)
     x_long[torch.arange(T + 9)[:, None] >= lengths] = 1e30
     with torch.no_grad():
-        out, states = run_layer(mode, x, lengths, hx, weights, has_biases=True, max_chunks=max_chunks)
-        out_long, states_long = run_layer(mode, x_long, lengths, hx, weights, has_biases=True, max_chunks=max_chunks)
+        out, states = run_layer(KINDS[mode], x, lengths, hx, weights, has_biases=True, max_chunks=max_chunks)
+        out_long, states_long = run_layer(KINDS[mode], x_long, lengths, hx, weights, has_biases=True, max_chunks=max_chunks)
     assert torch.equal(out_long[:T], out)
     assert torch.equal(out_long[T:], torch.zeros_like(out_long[T:]))
     for s, s_long in zip(states, states_long):
@@ -232,7 +234,7 @@ def test_no_biases(mode, bidirectional):
     module = cls(D, H, bias=False, bidirectional=bidirectional).double()
     x = torch.randn(T, B, D, dtype=torch.float64)
     lengths = torch.tensor(LENGTHS)
-    out, states = run_layer(mode, x, lengths, None, [list(w) for w in module.all_weights], has_biases=False)
+    out, states = run_layer(KINDS[mode], x, lengths, None, [list(w) for w in module.all_weights], has_biases=False)
     ref_out, ref_states = _reference(mode, module, x, lengths, None)
     torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=1e-10)
     for s, r in zip(states, ref_states):
@@ -247,7 +249,7 @@ def test_run_stack_matches_module(mode, proj_size, with_hx):
     x = torch.randn(T, B, D, dtype=torch.float64)
     hx = _initial_state(mode, module, torch.float64) if with_hx else None
     torch.manual_seed(5)
-    out, states = run_stack(mode, x, hx, module._flat_weights, has_biases=True, num_layers=2, dropout=0.5,
+    out, states = run_stack(KINDS[mode], x, hx, module._flat_weights, has_biases=True, num_layers=2, dropout=0.5,
                             training=True, bidirectional=True)
     torch.manual_seed(5)
     ref_out, ref_states = module(x, None if hx is None else (hx if mode == "LSTM" else hx[0]))
@@ -258,8 +260,36 @@ def test_run_stack_matches_module(mode, proj_size, with_hx):
         torch.testing.assert_close(s, r, atol=1e-12, rtol=1e-10)
 
 
-def test_unknown_mode_is_rejected():
+@pytest.mark.parametrize("mode", ["LayerNormLSTM", "RNN_TANH"])
+def test_kinds_without_the_padding_flag_are_rejected(mode):
     x = torch.randn(T, B, D)
-    with pytest.raises(ValueError, match="native backend runs mode 'LSTM' or 'GRU', got 'LayerNormLSTM'"):
-        run_layer("LayerNormLSTM", x, None, None, [[torch.randn(4 * H, D), torch.randn(4 * H, H)]],
+    with pytest.raises(ValueError, match=f"a gate that holds the state, which '{mode}' has not"):
+        run_layer(KINDS[mode], x, torch.tensor(LENGTHS), None, [[torch.randn(4 * H, D), torch.randn(4 * H, H)]],
                   has_biases=False)
+    with pytest.raises(ValueError, match="no fused op for 'LayerNormLSTM'"):
+        run_stack(KINDS["LayerNormLSTM"], x, None, [torch.randn(4 * H, D), torch.randn(4 * H, H)], has_biases=False,
+                  num_layers=1, dropout=0.0, training=False, bidirectional=False)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("with_hx", [False, True])
+def test_run_packed_matches_packed_module(mode, bidirectional, with_hx):
+    """torch's packed op on :class:`Packing` rows, length 0 included: the state passes through."""
+    cls = {"LSTM": nn.LSTM, "GRU": nn.GRU}.get(mode, nn.RNN)
+    extra = {"nonlinearity": "relu" if mode == "RNN_RELU" else "tanh"} if cls is nn.RNN else {}
+    module = cls(D, H, num_layers=2, bidirectional=bidirectional, **extra).double()
+    x = torch.randn(T, B, D, dtype=torch.float64)
+    lengths = torch.tensor(LENGTHS)
+    hx = _initial_state(mode, module, torch.float64) if with_hx else None
+    packing = Packing(lengths, T, B)
+    out, states = run_packed(KINDS[mode], packing.pack(x), packing, hx, module._flat_weights, has_biases=True,
+                             num_layers=2, dropout=0.0, training=False, bidirectional=bidirectional)
+    ref_out, ref_states = _reference(mode, module, x, lengths, hx)
+    torch.testing.assert_close((packing.unpack(out), *states), (ref_out, *ref_states), atol=1e-12, rtol=1e-10)
+    empty = Packing(torch.zeros(B, dtype=torch.long), T, B)
+    out, states = run_packed(KINDS[mode], x.new_zeros(0, D), empty, hx, module._flat_weights, has_biases=True,
+                             num_layers=2, dropout=0.0, training=False, bidirectional=bidirectional)
+    assert out.shape == (0, (2 if bidirectional else 1) * H)
+    for s, initial in zip(states, hx or _zero_like_states(mode, module, x)):
+        assert torch.equal(s, initial)

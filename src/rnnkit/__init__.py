@@ -10,8 +10,8 @@ from rnnkit.batching import (
     mask_to_lengths,
     pad_sequences,
 )
-from rnnkit.cells import GRUCell, LayerNormLSTMCell, LSTMCell, LSTMState
-from rnnkit.layers import GRU, LSTM, LayerNormLSTM
+from rnnkit.cells import GRUCell, LayerNormLSTMCell, LSTMCell, RNNCell, RNNInputError
+from rnnkit.layers import GRU, LSTM, RNN, LayerNormLSTM
 from rnnkit.vocab import Vocab, char_tokenize, whitespace_tokenize, word_tokenize
 
 __version__ = "0.1.0"
@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 _vml.settle_dispatch()
 
 __all__: list[str] = [
-    "LSTMCell", "GRUCell", "LayerNormLSTMCell", "LSTMState", "LSTM", "GRU", "LayerNormLSTM",
+    "LSTMCell", "GRUCell", "RNNCell", "LayerNormLSTMCell", "LSTM", "GRU", "RNN", "LayerNormLSTM", "RNNInputError",
     "Vocab", "whitespace_tokenize", "char_tokenize", "word_tokenize",
     "pad_sequences", "collate", "BucketBatchSampler", "budget_batches", "last_valid", "lengths_to_mask", "mask_to_lengths",
 ]

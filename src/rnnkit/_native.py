@@ -1,8 +1,9 @@
-"""The ``backend="native"`` layers: torch's fused LSTM/GRU kernels, made exact with lengths.
+"""The ``backend="native"`` layers: torch's fused LSTM/GRU/RNN kernels, made exact with lengths.
 
 ``torch.lstm`` / ``torch.gru`` (the ops behind ``nn.LSTM``/``nn.GRU``: oneDNN on CPU float32,
-cuDNN on GPU) are much faster than a Python time loop, but they only know padded batches: every
-sequence runs for all T steps. We keep the padded batch and make the padding steps do nothing.
+cuDNN on GPU) are much faster than a Python time loop, but their padded form only knows padded
+batches: every sequence runs for all T steps. We keep the padded batch and make the padding steps
+do nothing.
 
 Padding flag. The layer input gets one extra feature, ``flag`` = 1 at steps ``t >= lengths[b]``
 and 0 elsewhere, and ``w_ih`` a matching extra column that is ``+BIG`` on the forget-gate (LSTM)
@@ -43,6 +44,11 @@ so the result is the same up to the kernel's rounding on a smaller batch (float6
 Each call has a fixed cost, so the number of chunks minimises a cost model of the kernel (see
 :func:`_chunk_bounds`); with lengths all near T it picks one chunk, the single call above.
 
+Elman RNN. :math:`h_t = \\phi(W_{ih} x_t + W_{hh} h_{t-1} + b)` has no gate that a flag could
+saturate to hold :math:`h`, so with lengths it runs the ops' packed form instead (:func:`run_packed`:
+the real steps in packed order, what ``nn.RNN`` runs on a ``PackedSequence``), which is exact by
+construction: every layer and direction in one call, each sequence read backwards from its own end.
+
 Shapes: T time steps, B sequences, D input features, H hidden units, H_out = proj_size or H.
 """
 
@@ -52,11 +58,12 @@ from bisect import bisect_right
 
 import torch
 
+from ._kinds import Kind
 from ._lengths import gather_last, permute, reverse_padded, reversed_steps, step_mask
+from ._packing import Packing
 
-__all__ = ["run_layer", "run_stack"]
+__all__ = ["run_layer", "run_stack", "run_packed"]
 
-_GATES = {"LSTM": 4, "GRU": 3}
 # Large enough that sigmoid(BIG + any real pre-activation) rounds to exactly 1.0 (and
 # sigmoid(-BIG + ...) to exactly 0.0) in float32 and float64, oneDNN included.
 _BIG = 1e4
@@ -67,42 +74,37 @@ _STEP_COST, _CALL_COST = 4, 50
 _MAX_CHUNKS = 8
 
 
-def _check_mode(mode: str) -> None:
-    if mode not in _GATES:
-        raise ValueError(f"the native backend runs mode 'LSTM' or 'GRU', got {mode!r}")
+def _check_native(kind: Kind) -> None:
+    if kind.native is None:
+        raise ValueError(f"the native backend has no fused op for {kind.mode!r}")
 
 
-def _fused(mode, x, hx, params, *, has_biases, num_layers=1, dropout=0.0, training=False, bidirectional=False):
-    """One call of torch's fused kernel on a time-major batch; returns ``(output, hx_n)``."""
-    if mode == "LSTM":
-        output, h_n, c_n = torch.lstm(x, hx, params, has_biases, num_layers, dropout, training, bidirectional, False)
-        return output, (h_n, c_n)
-    output, h_n = torch.gru(x, hx[0], params, has_biases, num_layers, dropout, training, bidirectional, False)
-    return output, (h_n,)
+def _fused(kind, inputs, hx, params, *, has_biases, num_layers=1, dropout=0.0, training=False, bidirectional=False):
+    """One call of torch's fused op on ``inputs``: ``(x,)`` a time-major padded batch, or ``(data, batch_sizes)``
+    packed rows; returns ``(output, hx_n)`` with ``hx_n`` a tuple like ``hx``."""
+    padded = (False,) if len(inputs) == 1 else ()  # the padded op's batch_first argument
+    output, *states = kind.native(*inputs, hx if kind.has_cell else hx[0], params, has_biases, num_layers, dropout,
+                                  training, bidirectional, *padded)
+    return output, tuple(states)
 
 
-def _zero_state(mode, x, w_hh, num_states):
-    """Zero ``hx`` for ``num_states`` (layers x directions) states: ``(h0,)`` or ``(h0, c0)``."""
-    B = x.shape[1]
-    H, H_out = w_hh.shape[0] // _GATES[mode], w_hh.shape[1]  # w_hh: (G*H, H_out)
-    h0 = x.new_zeros(num_states, B, H_out)
-    return (h0, x.new_zeros(num_states, B, H)) if mode == "LSTM" else (h0,)
+def _zero_state(kind, x, w_hh, num_states, B):
+    """Zero ``hx`` for ``num_states`` (layers x directions) states of B sequences: ``(h0,)`` or ``(h0, c0)``."""
+    H, H_out = w_hh.shape[0] // kind.num_gates, w_hh.shape[1]  # w_hh: (G*H, H_out)
+    return kind.zero_state(x, num_states, B, hidden_size=H, proj_size=H_out)
 
 
-def _with_flag_column(mode, w_ih):
-    """``w_ih`` (G*H, D) -> (G*H, D + 1), the last column saturating the gates at padding steps."""
-    H = w_ih.shape[0] // _GATES[mode]
+def _with_flag_column(kind, w_ih):
+    """``w_ih`` (G*H, D) -> (G*H, D + 1), the last column saturating the kind's flag gates at padding steps."""
+    H = w_ih.shape[0] // kind.num_gates
     column = w_ih.new_zeros(w_ih.shape[0], 1)
-    if mode == "LSTM":  # gate order i, f, g, o
-        column[:H] = -_BIG  # i -> 0: nothing is written into c
-        column[H : 2 * H] = _BIG  # f -> 1: c is kept as it is
-    else:  # gate order r, z, n
-        column[H : 2 * H] = _BIG  # z -> 1: h' = z * h + (1 - z) * n = h
+    for gate, sign in kind.flag_gates:
+        column[gate * H : (gate + 1) * H] = sign * _BIG
     return torch.cat([w_ih, column], 1)
 
 
-def run_layer(mode, x, lengths, hx, weights, *, has_biases, max_chunks=None):
-    """Run one (uni- or bidirectional) layer of ``mode`` over ``x`` (T, B, D) with ``lengths``.
+def run_layer(kind, x, lengths, hx, weights, *, has_biases, max_chunks=None):
+    """Run one (uni- or bidirectional) layer of ``kind`` (one with :attr:`~rnnkit._kinds.Kind.flag_gates`) over ``x`` (T, B, D) with ``lengths``.
 
     ``weights`` holds one list per direction in torch's order ``[w_ih, w_hh, b_ih, b_hh, w_hr]``;
     ``hx`` is None (zero state) or ``(h0,)`` / ``(h0, c0)`` shaped (dirs, B, ·). Returns
@@ -111,25 +113,26 @@ def run_layer(mode, x, lengths, hx, weights, *, has_biases, max_chunks=None):
     ``lengths=None`` means every sequence is T steps long. ``max_chunks`` fixes the number of
     time chunks (at most; None: chosen by the cost model).
     """
-    _check_mode(mode)
+    if not kind.flag_gates:
+        raise ValueError(f"the padding flag needs a gate that holds the state, which {kind.mode!r} has not")
     dirs = len(weights)
     if lengths is None:
-        return _both_directions(mode, x, hx, weights, has_biases)
+        return _both_directions(kind, x, hx, weights, has_biases)
 
     keep = step_mask(lengths, x.shape[0])[..., None].to(x.dtype)  # (T, B, 1), 0.0 at padding steps
     x = torch.cat([x * keep, 1 - keep], -1)  # (T, B, D + 1): the input zeroed and the flag
-    weights = [[_with_flag_column(mode, direction[0]), *direction[1:]] for direction in weights]
+    weights = [[_with_flag_column(kind, direction[0]), *direction[1:]] for direction in weights]
 
     bounds = _chunk_bounds(lengths, max_chunks)
     if len(bounds) > 2:  # its output is already 0 at padding steps
-        output, states = _run_chunked(mode, x, lengths, hx, weights, has_biases, bounds)
+        output, states = _run_chunked(kind, x, lengths, hx, weights, has_biases, bounds)
     elif hx is None or dirs == 1:
-        output, states = _both_directions(mode, x, hx, weights, has_biases)
+        output, states = _both_directions(kind, x, hx, weights, has_biases)
         output = output * keep
     else:
         # A nonzero initial state must meet each sequence's last element first, not the padding.
-        out_f, states_f = _fused(mode, x, tuple(s[:1] for s in hx), weights[0], has_biases=has_biases)
-        out_r, states_r = _fused(mode, reverse_padded(x, lengths), tuple(s[1:] for s in hx), weights[1],
+        out_f, states_f = _fused(kind, (x,), tuple(s[:1] for s in hx), weights[0], has_biases=has_biases)
+        out_r, states_r = _fused(kind, (reverse_padded(x, lengths),), tuple(s[1:] for s in hx), weights[1],
                                  has_biases=has_biases)
         output = torch.cat([out_f, reverse_padded(out_r, lengths)], -1) * keep  # (T, B, 2 * H_out)
         states = tuple(torch.cat(pair) for pair in zip(states_f, states_r))
@@ -169,14 +172,14 @@ def _chunk_bounds(lengths, max_chunks=None) -> list[int]:
     return min((bounds(k) for k in range(1, _MAX_CHUNKS + 1)), key=cost)
 
 
-def _run_chunked(mode, x, lengths, hx, weights, has_biases, bounds):
+def _run_chunked(kind, x, lengths, hx, weights, has_biases, bounds):
     """Both directions of a flagged ``x`` (T, B, D + 1), in time chunks over the length-sorted batch."""
     T = x.shape[0]
     order = torch.argsort(lengths, descending=True, stable=True)  # (B,), longest first
     unsort = torch.argsort(order)
     x_sorted, sorted_lengths = permute(x, 1, order, unsort), lengths[order]
     if hx is None:
-        hx = _zero_state(mode, x_sorted, weights[0][1], len(weights))
+        hx = _zero_state(kind, x, weights[0][1], len(weights), x.shape[1])
     hx = tuple(permute(s, 1, order, unsort) for s in hx)
     active = [int((sorted_lengths > t).sum()) for t in bounds]  # sequences running at each boundary, a prefix
     rows = _chunk_rows(bounds, active, sorted_lengths, T)[:, unsort]  # (T, B) in batch order
@@ -185,7 +188,7 @@ def _run_chunked(mode, x, lengths, hx, weights, has_biases, bounds):
     for d, direction in enumerate(weights):
         # Reversed within its length, every sequence starts at step 0 and fits the same chunks.
         x_d = x_sorted if d == 0 else reverse_padded(x, sorted_lengths, order)  # sorted and reversed, one gather
-        flat, states = _chunk_loop(mode, x_d, tuple(s[d : d + 1] for s in hx), direction, has_biases, bounds,
+        flat, states = _chunk_loop(kind, x_d, tuple(s[d : d + 1] for s in hx), direction, has_biases, bounds,
                                    active)
         # (T, B) row of flat at each position; the reverse direction's step t is its step lengths - 1 - t
         rows_d = rows if d == 0 else rows.gather(0, reversed_steps(lengths, T))
@@ -210,7 +213,7 @@ def _chunk_rows(bounds, active, sorted_lengths, T):
     return grid.masked_fill_(~step_mask(sorted_lengths, T), zero_row)  # chunks run padding steps too
 
 
-def _chunk_loop(mode, x, hx, weights, has_biases, bounds, active):
+def _chunk_loop(kind, x, hx, weights, has_biases, bounds, active):
     """One direction over sorted ``x`` (T, B, D + 1), one fused call per chunk on its active prefix.
 
     Returns the chunks' outputs flattened and stacked, (sum of chunk length x n, H_out), with a zero
@@ -222,7 +225,7 @@ def _chunk_loop(mode, x, hx, weights, has_biases, bounds, active):
     # Split, not sliced per chunk: the gradient of a slice is a zero tensor of x's full size.
     chunks = x.split([stop - start for start, stop in zip(bounds, bounds[1:])] + [T - bounds[-1]])
     for chunk, n, n_next in zip(chunks, active, active[1:]):
-        out, state = _fused(mode, chunk[:, :n], tuple(s[:, :n] for s in state), weights,
+        out, state = _fused(kind, (chunk[:, :n],), tuple(s[:, :n] for s in state), weights,
                             has_biases=has_biases)  # (chunk length, n, H_out)
         outputs.append(out.reshape(-1, out.shape[-1]))
         finals.insert(0, tuple(s[:, n_next:] for s in state))  # the sequences that end in this chunk
@@ -230,21 +233,45 @@ def _chunk_loop(mode, x, hx, weights, has_biases, bounds, active):
     return torch.cat(outputs), tuple(torch.cat(pieces, 1) for pieces in zip(*finals))
 
 
-def _both_directions(mode, x, hx, weights, has_biases):
+def _both_directions(kind, x, hx, weights, has_biases):
     """One layer, both directions (if two), in one fused call."""
     flat_weights = [w for direction in weights for w in direction]
-    return run_stack(mode, x, hx, flat_weights, has_biases=has_biases, num_layers=1, dropout=0.0, training=False,
+    return run_stack(kind, x, hx, flat_weights, has_biases=has_biases, num_layers=1, dropout=0.0, training=False,
                      bidirectional=len(weights) == 2)
 
 
-def run_stack(mode, x, hx, flat_weights, *, has_biases, num_layers, dropout, training, bidirectional):
+def run_stack(kind, x, hx, flat_weights, *, has_biases, num_layers, dropout, training, bidirectional):
     """All ``num_layers`` layers of full-length sequences ``x`` (T, B, D) in one fused call.
 
     ``flat_weights`` is every layer's weights in torch's order (``nn.LSTM._flat_weights``);
     dropout between layers is torch's own. Returns ``(output, hx_n)`` like :func:`run_layer`.
     """
-    _check_mode(mode)
+    _check_native(kind)
     if hx is None:
-        hx = _zero_state(mode, x, flat_weights[1], num_layers * (2 if bidirectional else 1))
-    return _fused(mode, x, hx, flat_weights, has_biases=has_biases, num_layers=num_layers, dropout=dropout,
+        hx = _zero_state(kind, x, flat_weights[1], num_layers * (2 if bidirectional else 1), x.shape[1])
+    return _fused(kind, (x,), hx, flat_weights, has_biases=has_biases, num_layers=num_layers, dropout=dropout,
                   training=training, bidirectional=bidirectional)
+
+
+def run_packed(kind, x, packing: Packing, hx, flat_weights, *, has_biases, num_layers, dropout, training,
+               bidirectional):
+    """All layers over the real steps ``x`` (N, D) in the packed order of ``packing``, in one call of torch's
+    packed op (the one behind ``nn.LSTM`` on a ``PackedSequence``): exact with any lengths and any kind.
+
+    ``hx`` is None (zeros) or states (L * dirs, B, ·) in batch order. Returns the output (N, dirs * H_out) in
+    packed order and the final states in batch order; length-0 sequences, which the op does not see, keep
+    their initial state.
+    """
+    _check_native(kind)
+    dirs = 2 if bidirectional else 1
+    if hx is None:
+        hx = _zero_state(kind, x, flat_weights[1], num_layers * dirs, packing.B)
+    hx = tuple(packing.sort(s) for s in hx)
+    n = packing.batch_sizes[0] if packing.batch_sizes else 0  # sequences with at least one step
+    if n == 0:
+        return x.new_zeros(0, dirs * flat_weights[1].shape[1]), tuple(packing.unsort(s) for s in hx)
+    batch_sizes = torch.tensor(packing.batch_sizes)  # on the CPU, as the op requires
+    output, states = _fused(kind, (x, batch_sizes), tuple(s[:, :n] for s in hx), flat_weights,
+                            has_biases=has_biases, num_layers=num_layers, dropout=dropout, training=training,
+                            bidirectional=bidirectional)
+    return output, tuple(packing.unsort(torch.cat([s, init[:, n:]], 1)) for s, init in zip(states, hx))

@@ -1,80 +1,136 @@
-"""One time step of an LSTM, a GRU and a LayerNorm-LSTM, written as their gate equations.
+"""One time step of an LSTM, a GRU, an Elman RNN and a LayerNorm-LSTM: an input projection, then the step.
 
-The cells use the parameter names, shapes, gate order and initialisation of
-:class:`torch.nn.LSTMCell` / :class:`torch.nn.GRUCell`, so their state_dicts load into each
-other both ways. They are the readable definition of each recurrence; the layers in
+The cells use the parameter names, shapes, gate order, initialisation, arguments and return values of
+:class:`torch.nn.LSTMCell` / :class:`torch.nn.GRUCell` / :class:`torch.nn.RNNCell`, so their
+state_dicts load into each other both ways. Each recurrence is defined once, in
+:mod:`rnnkit._steps`: a cell projects its input and calls that step, and the layers of
 :mod:`rnnkit.layers` run the same equations over whole padded batches.
 
-Letters: B batch, D input features, H hidden units.
+Letters: B batch, D input features, H hidden units, G = gates * H.
 """
 
 from __future__ import annotations
 
 import math
-from collections import namedtuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LSTMState", "LSTMCell", "GRUCell", "LayerNormLSTMCell"]
+from ._kinds import KINDS, Kind, check_size, rnn_mode
+from ._steps import layer_norm
 
-LSTMState = namedtuple("LSTMState", "h c")
-LSTMState.__doc__ = "The state of an LSTM: hidden state ``h`` and cell state ``c``."
+__all__ = ["RNNInputError", "LSTMCell", "GRUCell", "RNNCell", "LayerNormLSTMCell"]
+
+
+class RNNInputError(ValueError, RuntimeError):
+    """A forward argument (input, hx) that does not fit the cell or layer: wrong shape or dtype.
+
+    Both a ``RuntimeError``, which torch raises for most of these mistakes, and a ``ValueError``,
+    which torch raises for the others and rnnkit raised before, so ``except`` clauses written for
+    either keep working.
+    """
+
+
+def check_dtype(owner: str, tensor: torch.Tensor, weight: torch.Tensor, label: str = "input") -> None:
+    """:class:`RNNInputError` naming both dtypes unless ``tensor`` has ``weight``'s dtype."""
+    if tensor.dtype != weight.dtype:
+        raise RNNInputError(
+            f"{owner}: RNN {label} dtype ({tensor.dtype}) does not match weight dtype ({weight.dtype}). "
+            f"Convert {label}: {label}.to({weight.dtype}), or convert model: model.to({tensor.dtype})"
+        )
 
 
 class _CellBase(nn.Module):
-    """Parameters ``weight_ih`` (G*H, D), ``weight_hh`` (G*H, H), ``bias_ih``, ``bias_hh`` (G*H,)."""
+    """Parameters ``weight_ih`` (G, D), ``weight_hh`` (G, H), ``bias_ih``, ``bias_hh`` (G,), plus the kind's extras."""
 
-    num_gates: int
+    _mode: str
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True) -> None:
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__()
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_size("input_size", input_size)
+        check_size("hidden_size", hidden_size)
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
-        G = self.num_gates * hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(G, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(G, hidden_size))
+        factory = {"device": device, "dtype": dtype}
+        G = self._kind.num_gates * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(G, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(G, hidden_size, **factory))
         if bias:
-            self.bias_ih = nn.Parameter(torch.empty(G))
-            self.bias_hh = nn.Parameter(torch.empty(G))
+            self.bias_ih = nn.Parameter(torch.empty(G, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(G, **factory))
         else:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
+        for name, shape in self._kind.extra_shapes(hidden_size).items():
+            self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
         self.reset_parameters()
 
+    @property
+    def _kind(self) -> Kind:
+        return KINDS[self._mode]
+
     def reset_parameters(self) -> None:
-        """Every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), as in torch."""
+        """Weights and biases ~ U(-1/sqrt(H), 1/sqrt(H)) as in torch; layer-norm gains 1, shifts 0."""
         bound = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -bound, bound)
+        for name, weight in self.named_parameters():
+            if name.startswith("ln_"):
+                nn.init.constant_(weight, self._kind.extra_init(name))
+            else:
+                nn.init.uniform_(weight, -bound, bound)
 
     def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
+        return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias is True else f", bias={self.bias}")
+
+    def forward(self, input: torch.Tensor, hx=None):
+        """One step from ``input`` (B, D) or unbatched (D,) and ``hx`` (see the class docstring)."""
+        x, unbatched = self._batched(input)  # (B, D)
+        state = self._state(hx, x, unbatched)  # each (B, ·)
+        state = self._step(x, *state)
+        if unbatched:
+            state = tuple(s.squeeze(0) for s in state)
+        return state if self._kind.has_cell else state[0]
+
+    def _step(self, x: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """torch's input projection W_ih x + b_ih (B, G), then the kind's step."""
+        xg = F.linear(x, self.weight_ih, self.bias_ih)  # (B, G)
+        new = self._kind.step(xg, *state, self.weight_hh, self.bias_hh)
+        return new if self._kind.has_cell else (new,)
 
     def _batched(self, input: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """``input`` as (B, D), and whether it came without a batch dimension."""
         name = type(self).__name__
         if input.dim() not in (1, 2):
-            raise ValueError(f"{name}: expected input to be 1-D (D,) or 2-D (B, D), got {input.dim()}-D")
+            raise RNNInputError(f"{name}: expected input to be 1-D (D,) or 2-D (B, D), got {input.dim()}-D")
         if input.shape[-1] != self.input_size:
-            raise ValueError(
+            raise RNNInputError(
                 f"{name}: input.size(-1) must be equal to input_size. Expected {self.input_size}, "
                 f"got {input.shape[-1]}"
             )
+        check_dtype(name, input, self.weight_ih)
         return (input.unsqueeze(0), True) if input.dim() == 1 else (input, False)
 
-    def _state(self, state: torch.Tensor | None, input: torch.Tensor, unbatched: bool, label: str) -> torch.Tensor:
-        """``state`` as (B, H), zeros when None; its shape must match the input's batch."""
-        B = input.shape[0]
-        if state is None:
-            return input.new_zeros(B, self.hidden_size)
-        expected = (self.hidden_size,) if unbatched else (B, self.hidden_size)
-        if tuple(state.shape) != expected:
-            raise ValueError(f"{type(self).__name__}: {label} must have shape {expected}, got {tuple(state.shape)}")
-        return state.unsqueeze(0) if unbatched else state
+    def _state(self, hx, x: torch.Tensor, unbatched: bool) -> tuple[torch.Tensor, ...]:
+        """``hx`` as a tuple of (B, ·) states, zeros when None; each must match the input's batch."""
+        name, sizes = type(self).__name__, self._kind.state_sizes(self.hidden_size)
+        if hx is None:
+            return self._kind.zero_state(x, x.shape[0], hidden_size=self.hidden_size)
+        if self._kind.has_cell:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise RNNInputError(f"{name}: hx must be a pair (h, c), got {_describe(hx)}")
+            states = tuple(zip(("h", "c"), hx))
+        else:
+            states = (("hx", hx),)
+        batch = () if unbatched else (x.shape[0],)
+        for (label, state), size in zip(states, sizes):
+            if _describe(state) != (*batch, size):
+                raise RNNInputError(f"{name}: {label} must have shape {(*batch, size)}, got {_describe(state)}")
+            check_dtype(name, state, self.weight_ih, label)
+        return tuple(state.unsqueeze(0) if unbatched else state for _, state in states)
+
+
+def _describe(value) -> tuple[int, ...] | str:
+    """A tensor's shape, or the name of the type that is not a tensor."""
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 class LSTMCell(_CellBase):
@@ -91,24 +147,14 @@ class LSTMCell(_CellBase):
         \end{array}
 
     ``weight_ih`` stacks :math:`W_{ii}, W_{if}, W_{ig}, W_{io}` by rows (4H, D), ``weight_hh``
-    likewise (4H, H), ``bias_ih`` / ``bias_hh`` the biases (4H,).
+    likewise (4H, H), ``bias_ih`` / ``bias_hh`` the biases (4H,). Arguments as torch's:
+    ``input_size``, ``hidden_size``, ``bias``, ``device``, ``dtype``.
 
     ``forward(input, hx=None)``: ``input`` (B, D) or unbatched (D,); ``hx`` a pair ``(h, c)``
-    each (B, H) or (H,), zeros when None. Returns ``LSTMState(h', c')``.
+    each (B, H) or (H,), zeros when None. Returns the tuple ``(h', c')``.
     """
 
-    num_gates = 4
-
-    def forward(self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None) -> LSTMState:
-        x, unbatched = self._batched(input)  # (B, D)
-        h, c = (None, None) if hx is None else hx
-        h, c = self._state(h, x, unbatched, "h"), self._state(c, x, unbatched, "c")  # (B, H)
-        gates = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh, self.bias_hh)  # (B, 4H)
-        i, f, g, o = gates.chunk(4, -1)
-        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-        c = f * c + i * g
-        h = o * torch.tanh(c)
-        return LSTMState(h.squeeze(0), c.squeeze(0)) if unbatched else LSTMState(h, c)
+    _mode = "LSTM"
 
 
 class GRUCell(_CellBase):
@@ -126,18 +172,28 @@ class GRUCell(_CellBase):
     None. Returns ``h'``.
     """
 
-    num_gates = 3
+    _mode = "GRU"
 
-    def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
-        x, unbatched = self._batched(input)  # (B, D)
-        h = self._state(hx, x, unbatched, "hx")  # (B, H)
-        x_r, x_z, x_n = F.linear(x, self.weight_ih, self.bias_ih).chunk(3, -1)  # (B, H) each
-        h_r, h_z, h_n = F.linear(h, self.weight_hh, self.bias_hh).chunk(3, -1)
-        r = torch.sigmoid(x_r + h_r)
-        z = torch.sigmoid(x_z + h_z)
-        n = torch.tanh(x_n + r * h_n)
-        h = (1 - z) * n + z * h
-        return h.squeeze(0) if unbatched else h
+
+class RNNCell(_CellBase):
+    r"""One Elman RNN step (Elman 1990), like :class:`torch.nn.RNNCell`.
+
+    .. math::
+        h' = \phi(W_{ih} x + b_{ih} + W_{hh} h + b_{hh}), \qquad \phi = \tanh \text{ or } \mathrm{ReLU}
+
+    Arguments as torch's: ``input_size``, ``hidden_size``, ``bias``, ``nonlinearity`` (``"tanh"``
+    or ``"relu"``; anything else is a ``ValueError`` here, where torch only fails in ``forward``),
+    ``device``, ``dtype``. ``forward(input, hx=None)`` as :class:`GRUCell`'s.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+                 device=None, dtype=None) -> None:
+        self._mode = rnn_mode(nonlinearity)
+        super().__init__(input_size, hidden_size, bias, device, dtype)
+        self.nonlinearity = nonlinearity
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.nonlinearity == "tanh" else f", nonlinearity={self.nonlinearity}")
 
 
 class LayerNormLSTMCell(_CellBase):
@@ -156,42 +212,18 @@ class LayerNormLSTMCell(_CellBase):
     (init 0) for the input projection (4H), the recurrent projection (4H) and the cell (H).
     Normalising the two projections separately keeps the recurrent term at a fixed scale
     whatever the input does, which is what stabilises the hidden dynamics (sec. 3.1).
-    ``forward`` is called like :class:`LSTMCell`'s.
+    Called like :class:`LSTMCell`.
     """
 
-    num_gates = 4
+    _mode = "LayerNormLSTM"
     eps = 1e-5
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True) -> None:
-        super().__init__(input_size, hidden_size, bias)
-        G = self.num_gates * hidden_size
-        self.ln_ih_weight, self.ln_ih_bias = nn.Parameter(torch.ones(G)), nn.Parameter(torch.zeros(G))
-        self.ln_hh_weight, self.ln_hh_bias = nn.Parameter(torch.ones(G)), nn.Parameter(torch.zeros(G))
-        self.ln_c_weight = nn.Parameter(torch.ones(hidden_size))
-        self.ln_c_bias = nn.Parameter(torch.zeros(hidden_size))
-
-    def reset_parameters(self) -> None:
-        """Weights and biases ~ U(-1/sqrt(H), 1/sqrt(H)); layer-norm gains 1 and shifts 0."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for name, weight in self.named_parameters():
-            if not name.startswith("ln_"):
-                nn.init.uniform_(weight, -bound, bound)
-            else:
-                nn.init.constant_(weight, 1.0 if name.endswith("_weight") else 0.0)
-
-    def forward(self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None) -> LSTMState:
-        x, unbatched = self._batched(input)  # (B, D)
-        h, c = (None, None) if hx is None else hx
-        h, c = self._state(h, x, unbatched, "h"), self._state(c, x, unbatched, "c")  # (B, H)
-        G, H = 4 * self.hidden_size, self.hidden_size
-        gates = (
-            F.layer_norm(F.linear(x, self.weight_ih), (G,), self.ln_ih_weight, self.ln_ih_bias, self.eps)
-            + F.layer_norm(F.linear(h, self.weight_hh), (G,), self.ln_hh_weight, self.ln_hh_bias, self.eps)
-        )  # (B, 4H)
+    def _step(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The projection LN_ih(W_ih x) plus every constant term of the gates (LN_hh's shift included), then
+        the step, which adds LN_hh(W_hh h) without a shift."""
+        shift = self.ln_ih_bias + self.ln_hh_bias
         if self.bias:
-            gates = gates + self.bias_ih + self.bias_hh
-        i, f, g, o = gates.chunk(4, -1)
-        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-        c = f * c + i * g
-        h = o * torch.tanh(F.layer_norm(c, (H,), self.ln_c_weight, self.ln_c_bias, self.eps))
-        return LSTMState(h.squeeze(0), c.squeeze(0)) if unbatched else LSTMState(h, c)
+            shift = shift + self.bias_ih + self.bias_hh
+        xg = layer_norm(F.linear(x, self.weight_ih), self.ln_ih_weight, shift, self.eps)  # (B, 4H)
+        return self._kind.step(xg, h, c, self.weight_hh, self.ln_hh_weight, self.ln_c_weight, self.ln_c_bias,
+                               self.eps)

@@ -1,8 +1,10 @@
-"""Multi-layer, optionally bidirectional LSTM, GRU and LayerNorm-LSTM layers that know about lengths.
+"""Multi-layer, optionally bidirectional LSTM, GRU, Elman RNN and LayerNorm-LSTM layers that know about lengths.
 
-Drop-in for :class:`torch.nn.LSTM` / :class:`torch.nn.GRU`: same constructor arguments,
-parameter names, shapes, gate order and initialisation (state_dicts load both ways), same
-return values. On top of that, ``forward`` takes the lengths of a padded batch directly::
+Drop-in for :class:`torch.nn.LSTM` / :class:`torch.nn.GRU` / :class:`torch.nn.RNN`: same
+constructor arguments (``device``/``dtype`` included), parameter names, shapes, gate order and
+initialisation (state_dicts load both ways), the same attributes (``mode``, ``all_weights``,
+``_flat_weights``, ``_flat_weights_names``, a ``flatten_parameters`` that has nothing to do), the
+same return values (plain tuples) and exception types. On top of that, ``forward`` takes the lengths of a padded batch directly::
 
     out, (h_n, c_n) = lstm(x, lengths=lengths)   # x (B, T, D) with batch_first=True
 
@@ -31,18 +33,25 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import _equations, _native
+from ._kinds import KINDS, Kind, check_size, rnn_mode
 from ._lengths import check_lengths, permute, step_mask
 from ._packing import Packing
-from .cells import LSTMState
+from .cells import RNNInputError, check_dtype
 
-__all__ = ["LSTM", "GRU", "LayerNormLSTM"]
+__all__ = ["LSTM", "GRU", "RNN", "LayerNormLSTM"]
 
 _BACKENDS = ("auto", "native", "equations")
-_NUM_GATES = {"LSTM": 4, "GRU": 3, "LayerNormLSTM": 4}
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+
+
+def _no_projection(owner: str, proj_size) -> None:
+    """torch's ``ValueError`` for a ``proj_size`` given to a kind without projections."""
+    if proj_size is not None:
+        raise ValueError(f"proj_size argument is only supported for LSTM, not {owner}")
 
 
 def _shape(value) -> tuple[int, ...] | str:
@@ -50,26 +59,32 @@ def _shape(value) -> tuple[int, ...] | str:
 
 
 class _RNNBase(nn.Module):
-    """Parameters, validation and the layer loop shared by :class:`LSTM`, :class:`GRU`, :class:`LayerNormLSTM`."""
+    """Parameters, validation and the layer loop shared by :class:`LSTM`, :class:`GRU`, :class:`RNN` and
+    :class:`LayerNormLSTM`; what differs between them is their :class:`rnnkit._kinds.Kind`, named by ``mode``."""
 
-    mode: str
-
-    def __init__(self, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
-                 backend) -> None:
+    def __init__(self, mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
+                 device, dtype, backend) -> None:
         super().__init__()
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not _is_int(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not _is_int(num_layers) or num_layers < 1:
-            raise ValueError(f"num_layers must be an integer >= 1, got {num_layers!r}")
+        self.mode = mode
+        # torch's checks and exception types, in torch's order
         if not isinstance(dropout, numbers.Real) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
-        if not _is_int(proj_size) or not 0 <= proj_size < hidden_size:
-            raise ValueError(f"proj_size must be an integer >= 0 and < hidden_size={hidden_size}, got {proj_size!r}")
+        for name, value in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
+            _check_bool(name, value)
+        check_size("input_size", input_size)
+        check_size("hidden_size", hidden_size)
+        if not isinstance(num_layers, int) or isinstance(num_layers, bool):
+            raise TypeError(f"num_layers should be of type int, got: {type(num_layers).__name__}")
+        if num_layers <= 0:
+            raise ValueError(f"num_layers must be greater than zero, got {num_layers}")
+        if not isinstance(proj_size, int) or isinstance(proj_size, bool):
+            raise TypeError(f"proj_size should be of type int, got: {type(proj_size).__name__}")
+        if not 0 <= proj_size < hidden_size:
+            raise ValueError(f"proj_size must be >= 0 and smaller than hidden_size={hidden_size}, got {proj_size}")
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of 'auto', 'native', 'equations', got {backend!r}")
-        if self.mode == "LayerNormLSTM" and backend == "native":
-            raise ValueError("LayerNormLSTM has no native backend: use backend='equations' or 'auto'")
+        if self._kind.native is None and backend == "native":
+            raise ValueError(f"{mode} has no native backend: use backend='equations' or 'auto'")
         if dropout > 0 and num_layers == 1:
             warnings.warn(
                 f"dropout={dropout} has no effect with num_layers=1: dropout is applied to the output of "
@@ -81,54 +96,68 @@ class _RNNBase(nn.Module):
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size = bidirectional, proj_size
         if backend == "auto":
-            backend = "equations" if self.mode == "LayerNormLSTM" else "native"
+            backend = "equations" if self._kind.native is None else "native"
         self.backend = backend
 
         # Registered in torch's order (layer, direction, then w_ih, w_hh, b_ih, b_hh, w_hr), which
-        # is the order the fused kernel expects its flat weight list in.
-        G, H, H_out, dirs = _NUM_GATES[self.mode] * hidden_size, hidden_size, proj_size or hidden_size, self.dirs
-        self._weight_names: list[list[list[str]]] = []  # [layer][direction] -> names
+        # is the order the fused kernel expects its flat weight list in; a kind's extras come last.
+        G, H, H_out = self._kind.num_gates * hidden_size, hidden_size, proj_size or hidden_size
+        factory = {"device": device, "dtype": dtype}
+        self._all_weights: list[list[str]] = []  # [layer * dirs + direction] -> names, as torch's
         for layer in range(num_layers):
-            D = input_size if layer == 0 else dirs * H_out
+            D = input_size if layer == 0 else self.dirs * H_out
             shapes = {"weight_ih": (G, D), "weight_hh": (G, H_out)}
             if bias:
                 shapes |= {"bias_ih": (G,), "bias_hh": (G,)}
             if proj_size:
                 shapes["weight_hr"] = (proj_size, H)
-            if self.mode == "LayerNormLSTM":
-                shapes |= {"ln_ih_weight": (G,), "ln_ih_bias": (G,), "ln_hh_weight": (G,), "ln_hh_bias": (G,),
-                           "ln_c_weight": (H,), "ln_c_bias": (H,)}
-            self._weight_names.append([])
-            for suffix in ("", "_reverse")[:dirs]:
+            shapes |= self._kind.extra_shapes(H)
+            for suffix in ("", "_reverse")[: self.dirs]:
                 names = [f"{name}_l{layer}{suffix}" for name in shapes]
                 for full_name, shape in zip(names, shapes.values()):
-                    self.register_parameter(full_name, nn.Parameter(torch.empty(shape)))
-                self._weight_names[-1].append(names)
+                    self.register_parameter(full_name, nn.Parameter(torch.empty(shape, **factory)))
+                self._all_weights.append(names)
+        self._flat_weights_names = [name for names in self._all_weights for name in names]
         self.reset_parameters()
+
+    @property
+    def _kind(self) -> Kind:
+        return KINDS[self.mode]
 
     @property
     def dirs(self) -> int:
         return 2 if self.bidirectional else 1
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """The parameters of each (layer, direction), ``[w_ih, w_hh, b_ih, b_hh, w_hr]`` as in torch."""
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    @property
+    def _flat_weights(self) -> list[torch.Tensor]:
+        """Every parameter in torch's flat order (``nn.RNNBase._flat_weights``), read when used."""
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    def flatten_parameters(self) -> None:
+        """Does nothing: torch compacts the weights into one buffer for cuDNN here; rnnkit's weights are
+        always used where they are. Kept so that code written for ``torch.nn.LSTM`` runs unchanged."""
 
     def reset_parameters(self) -> None:
         """Weights and biases ~ U(-1/sqrt(H), 1/sqrt(H)) as in torch; layer-norm gains 1, shifts 0."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         for name, weight in self.named_parameters():
             if name.startswith("ln_"):
-                nn.init.constant_(weight, 1.0 if "_weight_" in name else 0.0)
+                nn.init.constant_(weight, self._kind.extra_init(name.rsplit("_l", 1)[0]))
             else:
                 nn.init.uniform_(weight, -bound, bound)
 
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}"
-        for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0),
-                              ("bidirectional", False), ("proj_size", 0)):
+        for name, default in (("proj_size", 0), ("num_layers", 1), ("bias", True), ("batch_first", False),
+                              ("dropout", 0.0), ("bidirectional", False)):
             if getattr(self, name) != default:
                 text += f", {name}={getattr(self, name)}"
         return text + f", backend={self.backend!r}"
-
-    def _layer_weights(self, layer: int) -> list[list[torch.Tensor]]:
-        return [[getattr(self, name) for name in names] for names in self._weight_names[layer]]
 
     def forward(self, input, hx=None, lengths=None, mask=None):
         """Run the layers over ``input``; see the class docstring for shapes and return values."""
@@ -162,28 +191,40 @@ class _RNNBase(nn.Module):
             output, hx_n = output.squeeze(1), tuple(s.squeeze(1) for s in hx_n)
         elif self.batch_first:
             output = output.transpose(0, 1).contiguous()  # (B, T, dirs * H_out), contiguous like torch's
-        return output, (hx_n[0] if self.mode == "GRU" else LSTMState(*hx_n))
+        return output, (hx_n if self._kind.has_cell else hx_n[0])
 
     def _run(self, x, lengths, hx):
         """All layers over time-major ``x`` (T, B, D) -> (T, B, dirs * H_out), (L * dirs, B, ·)."""
-        if self.backend == "equations":
-            packing = Packing(lengths, x.shape[0], x.shape[1])  # packed once for all layers
-            output, hx_n = self._run_packed(packing.pack(x), packing, hx)
-            return packing.unpack(output), hx_n
-        if lengths is None:  # all full length: torch's fused multi-layer call
-            flat_weights = [w for layer in range(self.num_layers) for ws in self._layer_weights(layer) for w in ws]
-            return _native.run_stack(self.mode, x, hx, flat_weights, has_biases=self.bias,
+        kind = self._kind
+        if self.backend == "native" and lengths is None:  # all full length: torch's fused multi-layer call
+            return _native.run_stack(kind, x, hx, self._flat_weights, has_biases=self.bias,
                                      num_layers=self.num_layers, dropout=self.dropout, training=self.training,
                                      bidirectional=self.bidirectional)
-        return self._stack(
-            lambda x, layer_hx, weights: _native.run_layer(self.mode, x, lengths, layer_hx, weights,
-                                                           has_biases=self.bias),
-            x, hx,
-        )
+        if self.backend == "native" and kind.flag_gates:
+            return self._stack(
+                lambda x, layer_hx, weights: _native.run_layer(kind, x, lengths, layer_hx, weights,
+                                                               has_biases=self.bias),
+                x, hx,
+            )
+        packing = Packing(lengths, x.shape[0], x.shape[1])  # packed once for all layers
+        output, hx_n = self.run_packed(packing.pack(x), packing, hx)
+        return packing.unpack(output), hx_n
 
-    def _run_packed(self, x, packing, hx=None):
-        """All layers on the equations backend over ``x`` (N, D) in the packed order of ``packing``
-        (a :class:`rnnkit._packing.Packing`) -> (N, dirs * H_out) in that order, (L * dirs, B, ·)."""
+    def run_packed(self, x: torch.Tensor, packing: Packing, hx=None):
+        """All layers over rows ``x`` (N, D) already in the packed order of ``packing``.
+
+        ``packing`` is an :class:`rnnkit._packing.Packing` (the real steps of a padded batch, longest
+        sequence first, time-major, as in a ``PackedSequence``); ``hx`` is None (zeros) or the tuple
+        ``(h_0,)`` / ``(h_0, c_0)``, each (L * dirs, B, ·) in batch order. Returns the output
+        (N, dirs * H_out) in the same packed order and the final states as a tuple like ``hx``. This
+        skips the padding and reordering of ``forward``, for callers that build the packed rows
+        themselves; ``backend="native"`` runs torch's packed op, ``"equations"`` the gate equations.
+        """
+        self._check_features(x)
+        if self.backend == "native":
+            return _native.run_packed(self._kind, x, packing, hx, self._flat_weights, has_biases=self.bias,
+                                      num_layers=self.num_layers, dropout=self.dropout, training=self.training,
+                                      bidirectional=self.bidirectional)
         return self._stack(
             lambda x, layer_hx, weights: _equations.run_packed(self.mode, x, packing, layer_hx, weights,
                                                                has_biases=self.bias),
@@ -193,29 +234,35 @@ class _RNNBase(nn.Module):
     def _stack(self, run_layer, x, hx):
         """``run_layer(x, layer_hx, weights) -> (x, states)`` for each layer in turn, with dropout between
         layers, never after the last (as in ``torch.nn.LSTM``); the final states concatenated."""
-        dirs, finals = self.dirs, []
+        dirs, weights, finals = self.dirs, self.all_weights, []
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout > 0:
                 x = F.dropout(x, self.dropout, self.training)
             layer_hx = None if hx is None else tuple(s[layer * dirs : (layer + 1) * dirs] for s in hx)
-            x, states = run_layer(x, layer_hx, self._layer_weights(layer))
+            x, states = run_layer(x, layer_hx, weights[layer * dirs : (layer + 1) * dirs])
             finals.append(states)
         return x, tuple(torch.cat(states) for states in zip(*finals))
 
     def _check_features(self, x: torch.Tensor) -> None:
+        name = type(self).__name__
         if x.shape[-1] != self.input_size:
-            raise ValueError(
-                f"{self.mode}: input.size(-1) must be equal to input_size. Expected {self.input_size}, "
+            raise RNNInputError(
+                f"{name}: input.size(-1) must be equal to input_size. Expected {self.input_size}, "
                 f"got {x.shape[-1]}"
             )
+        check_dtype(name, x, self.weight_ih_l0)
 
     def _time_major(self, input: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """``input`` as (T, B, D), and whether it came unbatched (T, D)."""
+        name = type(self).__name__
         if input.dim() not in (2, 3):
-            raise ValueError(
-                f"{self.mode}: expected input to be 2-D (T, D) unbatched or 3-D batched, got {input.dim()}-D"
+            raise RNNInputError(
+                f"{name}: expected input to be 2-D (T, D) unbatched or 3-D batched, got {input.dim()}-D"
             )
         self._check_features(input)
+        if input.shape[1 if input.dim() == 3 and self.batch_first else 0] == 0:
+            # as torch: a recurrence over no step has no last step to return a state from
+            raise RNNInputError(f"{name}: expected sequence length to be larger than 0, got an input with 0 steps")
         if input.dim() == 2:
             return input.unsqueeze(1), True
         return (input.transpose(0, 1), False) if self.batch_first else (input, False)
@@ -236,19 +283,21 @@ class _RNNBase(nn.Module):
         """``hx`` as ``(h_0,)`` or ``(h_0, c_0)``, each (L * dirs, B, ·); None stays None (zero state)."""
         if hx is None:
             return None
+        name = type(self).__name__
         batch = () if unbatched else (B,)
-        h_shape = (self.num_layers * self.dirs, *batch, self.proj_size or self.hidden_size)
-        if self.mode == "GRU":
-            states = (("hx", hx, h_shape),)
-        else:
+        sizes = self._kind.state_sizes(self.hidden_size, self.proj_size)
+        if self._kind.has_cell:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise ValueError(f"{self.mode}: hx must be a pair (h_0, c_0), got {_shape(hx)}")
-            c_shape = (self.num_layers * self.dirs, *batch, self.hidden_size)
-            states = (("h_0", hx[0], h_shape), ("c_0", hx[1], c_shape))
-        for label, state, shape in states:
+                raise RNNInputError(f"{name}: hx must be a pair (h_0, c_0), got {_shape(hx)}")
+            states = tuple(zip(("h_0", "c_0"), hx))
+        else:
+            states = (("hx", hx),)
+        for (label, state), size in zip(states, sizes):
+            shape = (self.num_layers * self.dirs, *batch, size)
             if _shape(state) != shape:
-                raise ValueError(f"{self.mode}: {label} must have shape {shape}, got {_shape(state)}")
-        return tuple(state.unsqueeze(1) if unbatched else state for _, state, _ in states)
+                raise RNNInputError(f"{name}: {label} must have shape {shape}, got {_shape(state)}")
+            check_dtype(name, state, self.weight_ih_l0, label)
+        return tuple(state.unsqueeze(1) if unbatched else state for _, state in states)
 
     @staticmethod
     def _pack_like(output: torch.Tensor, lengths: torch.Tensor, like: PackedSequence) -> PackedSequence:
@@ -277,10 +326,11 @@ class LSTM(_RNNBase):
 
     and layer :math:`l > 0` reads layer :math:`l - 1`'s output (after dropout in training).
 
-    Args: ``input_size`` D, ``hidden_size`` H, ``num_layers`` L, ``bias``, ``batch_first``,
-    ``dropout`` (between layers), ``bidirectional``, ``proj_size`` (H_out; 0 = no projection),
-    and keyword-only ``backend``: ``"native"`` (torch's fused kernels, the default via
-    ``"auto"``) or ``"equations"``.
+    Args, as torch's: ``input_size`` D, ``hidden_size`` H, ``num_layers`` L, ``bias``,
+    ``batch_first``, ``dropout`` (between layers), ``bidirectional``, ``proj_size`` (H_out; 0 = no
+    projection), ``device``, ``dtype``; and keyword-only ``backend``: ``"native"`` (torch's fused
+    kernels, the default via ``"auto"``) or ``"equations"``. ``bias``, ``batch_first`` and
+    ``bidirectional`` must be bools (``TypeError`` otherwise; torch checks the first two only).
 
     ``forward(input, hx=None, lengths=None, mask=None)``:
 
@@ -290,7 +340,7 @@ class LSTM(_RNNBase):
     * ``lengths``: (B,) integers, any order, any device; or ``mask``: (B, T) bool, True at
       real steps (a prefix of each row). Neither means every sequence is T steps long.
 
-    Returns ``output, LSTMState(h_n, c_n)``: ``output`` (T, B, dirs * H_out) (or batch-first),
+    Returns ``output, (h_n, c_n)`` (a plain tuple, as torch's): ``output`` (T, B, dirs * H_out) (or batch-first),
     exactly 0 past each length; ``h_n``, ``c_n`` shaped like ``h_0``, ``c_0``, taken at each
     sequence's last real step. A length-0 sequence gives zero output and ``h_0``, ``c_0`` back.
 
@@ -308,13 +358,11 @@ class LSTM(_RNNBase):
     True
     """
 
-    mode = "LSTM"
-
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
-                 *, backend: str = "auto") -> None:
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
-                         backend)
+                 device=None, dtype=None, *, backend: str = "auto") -> None:
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         proj_size, device, dtype, backend)
 
 
 class GRU(_RNNBase):
@@ -330,16 +378,39 @@ class GRU(_RNNBase):
         h_t = (1 - z_t) \odot n_t + z_t \odot h_{t-1}
         \end{array}
 
-    Arguments and ``forward`` as in :class:`LSTM`, without ``proj_size``; ``hx`` is ``h_0``
-    (L * dirs, B, H) and the return value is ``output, h_n``.
+    Arguments and ``forward`` as in :class:`LSTM`, without ``proj_size`` (giving one is torch's
+    ``ValueError``); ``hx`` is ``h_0`` (L * dirs, B, H) and the return value is ``output, h_n``.
     """
 
-    mode = "GRU"
-
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 *, backend: str = "auto") -> None:
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0, backend)
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
+                 dtype=None, *, proj_size=None, backend: str = "auto") -> None:
+        _no_projection("GRU", proj_size)
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
+                         device, dtype, backend)
+
+
+class RNN(_RNNBase):
+    r"""A multi-layer Elman RNN, :class:`torch.nn.RNN`-compatible and length-aware.
+
+    Each layer runs :class:`rnnkit.RNNCell`'s step over time,
+
+    .. math::
+        h_t = \phi(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh}), \qquad \phi = \tanh \text{ or } \mathrm{ReLU}
+
+    Arguments as torch's: ``nonlinearity`` (``"tanh"`` or ``"relu"``, 4th positional as in
+    torch; ``mode`` is ``"RNN_TANH"`` or ``"RNN_RELU"``), the rest and ``forward`` as in
+    :class:`GRU`. With lengths, the native backend runs torch's packed op (an Elman RNN has no
+    gate that could hold its state through padding steps, see :mod:`rnnkit._native`).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, *, proj_size=None, backend: str = "auto") -> None:
+        _no_projection("RNN", proj_size)
+        super().__init__(rnn_mode(nonlinearity), input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, backend)
+        self.nonlinearity = nonlinearity
 
 
 class LayerNormLSTM(_RNNBase):
@@ -361,9 +432,9 @@ class LayerNormLSTM(_RNNBase):
     ``"auto"`` selects) exists.
     """
 
-    mode = "LayerNormLSTM"
-
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 *, backend: str = "auto") -> None:
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0, backend)
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
+                 dtype=None, *, proj_size=None, backend: str = "auto") -> None:
+        _no_projection("LayerNormLSTM", proj_size)
+        super().__init__("LayerNormLSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, backend)

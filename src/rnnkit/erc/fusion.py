@@ -56,8 +56,8 @@ class SpeakerHistoryFusion(nn.Module):
     Attributes:
         rnn: the ``rnnkit.LSTM(input_size, hidden_size, num_layers, batch_first=True, ...,
             backend="equations")`` holding the weights; its parameters are named like
-            ``torch.nn.LSTM``'s, so a torch state_dict loads into it. The fusion runs its layers on
-            the packed tracks (see the module docstring), so ``rnn.backend`` does not affect it.
+            ``torch.nn.LSTM``'s, so a torch state_dict loads into it. The fusion runs it on the packed
+            tracks with :meth:`rnnkit.LSTM.run_packed` (see the module docstring).
         proj: ``nn.Linear(directions * hidden_size, input_size)`` mapping the LSTM output back to
             width D when the two differ, else ``nn.Identity``.
 
@@ -105,7 +105,7 @@ class SpeakerHistoryFusion(nn.Module):
         flat = real.view(-1).nonzero().squeeze(1)  # (N,) positions of the real utterances in the (B*U) grid
         position = flat[torch.argsort(row)]  # (N,) grid position of each packed row
         grid = utterances.reshape(B * U, D)
-        history = self.rnn._run_packed(grid.index_select(0, position), packing)[0]  # (N, dirs*H), packed order
+        history = self.rnn.run_packed(grid.index_select(0, position), packing)[0]  # (N, dirs*H), packed order
         return grid.index_add(0, position, self.proj(history)).view(B, U, D)
 
     def _check(self, utterances: torch.Tensor, speakers: torch.Tensor) -> None:
