@@ -32,7 +32,8 @@ def test_the_library_loads_no_application_dependency(statement):
 
 def test_the_command_line_names_the_extra_when_it_is_missing():
     # A None entry in sys.modules makes "import sklearn" fail as if it were not installed.
-    code = "import sys\nsys.modules['sklearn'] = None\nfrom rnnkit.cli import main\nsys.exit(main(['train', '--out', 'x']))"
+    code = ("import sys\nsys.modules['sklearn'] = None\n"
+            "from rnnkit.cli import main\nsys.exit(main(['train', '--out', 'x']))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [

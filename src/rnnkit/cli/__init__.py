@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
-    from rnnkit.erc import DataError, RunError
+    from rnnkit.erc import DataError, RunError  # after build_parser, for the reason given there
     from rnnkit.trainer import CheckpointError, DivergenceError
 
     try:

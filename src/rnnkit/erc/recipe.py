@@ -1,4 +1,4 @@
-"""The ERC recipe: data → utterance encoder → :class:`ERCModel` → :class:`rnnkit.trainer.Trainer` → run directory.
+"""The ERC recipe: data → utterance encoder → ERCModel → :class:`rnnkit.trainer.Trainer` → run directory.
 
 What ``rnnkit train``, ``rnnkit evaluate`` and ``rnnkit predict`` do, callable from Python::
 

@@ -23,7 +23,7 @@ class TrainerConfig:
     token_budget: None, or the most tokens (as ``Trainer.item_size`` counts them) a batch may hold; batches
         then also hold at most ``batch_size`` items (see :func:`rnnkit.batching.budget_batches`).
     class_weighting, label_smoothing, contrastive: settings of a classification loss, read by whoever builds
-        ``loss_fn`` (the Trainer itself does not use them; :func:`rnnkit.erc.erc_loss` does): the power p of
+        ``loss_fn`` (the Trainer itself does not use them; the task's loss does): the power p of
         the class weights ``(class count / mean count) ** -p`` (0 plain cross-entropy, 0.5 inverse square root
         of the class frequency, 1 its inverse); how much of the uniform distribution the target mixes with the
         true label (torch's ``cross_entropy(label_smoothing=...)``, Szegedy et al. 2016, sec. 7); the weight of a
