@@ -20,6 +20,7 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit.layers
+from rnnkit._packing import Packing
 from rnnkit.cells import LayerNormLSTMCell, RNNInputError
 from rnnkit.layers import GRU, LSTM, RNN, LayerNormLSTM
 
@@ -377,21 +378,37 @@ def test_backend_selection():
     assert LSTM(D, H, backend="equations").backend == "equations"
 
 
+@pytest.mark.parametrize("mode", TORCH_MODES)
 @pytest.mark.parametrize("backend", ["native", "equations"])
-def test_dropout_between_layers_only_in_training(backend):
-    model = LSTM(D, H, 2, dropout=1.0, backend=backend).double()
+def test_dropout_between_layers_only_in_training(mode, backend):
+    model = OURS[mode](D, H, 2, dropout=1.0, backend=backend).double()
     x = torch.randn(T, B, D, dtype=torch.float64)
-    top = LSTM(H, H, backend=backend).double()
+    top = OURS[mode](H, H, backend=backend).double()
     top.load_state_dict({k.replace("_l1", "_l0"): v for k, v in model.state_dict().items() if "_l1" in k})
     for lengths in (None, torch.tensor(LENGTHS)):
         # p = 1 zeroes the first layer's output, so the second layer sees only zeros
-        out, (h_n, _) = model.train()(x, lengths=lengths)
-        expected, (top_h, _) = top(torch.zeros(T, B, H, dtype=torch.float64), lengths=lengths)
+        out, hx_n = model.train()(x, lengths=lengths)
+        expected, top_hx_n = top(torch.zeros(T, B, H, dtype=torch.float64), lengths=lengths)
         torch.testing.assert_close(out, expected, **TOL)
-        torch.testing.assert_close(h_n[1], top_h[0], **TOL)
-        no_dropout = LSTM(D, H, 2, backend=backend).double()
+        torch.testing.assert_close(_states(hx_n)[0][1], _states(top_hx_n)[0][0], **TOL)
+        no_dropout = OURS[mode](D, H, 2, backend=backend).double()
         no_dropout.load_state_dict(model.state_dict())
         torch.testing.assert_close(model.eval()(x, lengths=lengths)[0], no_dropout(x, lengths=lengths)[0], **TOL)
+
+
+@pytest.mark.parametrize("mode, backend", MODES_AND_BACKENDS)
+@pytest.mark.parametrize("with_hx", [False, True])
+def test_run_packed_on_packed_rows(mode, backend, with_hx):
+    """The public entry for callers that put the real steps in packed order themselves: forward's numbers."""
+    ours = OURS[mode](D, H, 2, bidirectional=True, backend=backend).double()
+    x = torch.randn(T, B, D, dtype=torch.float64)
+    states = _initial_state(ours, requires_grad=False) if with_hx else None
+    lengths = torch.tensor([5, 0, 7, 2])
+    packing = Packing(lengths, T, B)
+    out, hx_n = ours.run_packed(packing.pack(x), packing, states)
+    expected_out, expected_hx_n = ours(x, _hx(ours, states), lengths=lengths)
+    assert isinstance(hx_n, tuple) and out.shape == (int(lengths.sum()), 2 * H)
+    torch.testing.assert_close((packing.unpack(out), *hx_n), (expected_out, *_states(expected_hx_n)), **TOL)
 
 
 def test_dropout_with_one_layer_warns():

@@ -41,6 +41,23 @@ def check_dtype(owner: str, tensor: torch.Tensor, weight: torch.Tensor, label: s
         )
 
 
+def check_hx(owner: str, hx, kind: Kind, leading: tuple[int, ...], weight: torch.Tensor, labels: tuple[str, str], *,
+             hidden_size: int, proj_size: int = 0) -> tuple[torch.Tensor, ...]:
+    """``hx`` as a tuple of states, each checked to be (*leading, size) for the kind's state sizes and of
+    ``weight``'s dtype; a pair named ``labels`` for the kinds with a cell state, a tensor for the others."""
+    if kind.has_cell:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise RNNInputError(f"{owner}: hx must be a pair ({labels[0]}, {labels[1]}), got {_describe(hx)}")
+        states = tuple(zip(labels, hx))
+    else:
+        states = (("hx", hx),)
+    for (label, state), size in zip(states, kind.state_sizes(hidden_size, proj_size)):
+        if _describe(state) != (*leading, size):
+            raise RNNInputError(f"{owner}: {label} must have shape {(*leading, size)}, got {_describe(state)}")
+        check_dtype(owner, state, weight, label)
+    return tuple(state for _, state in states)
+
+
 class _CellBase(nn.Module):
     """Parameters ``weight_ih`` (G, D), ``weight_hh`` (G, H), ``bias_ih``, ``bias_hh`` (G,), plus the kind's extras."""
 
@@ -111,21 +128,12 @@ class _CellBase(nn.Module):
 
     def _state(self, hx, x: torch.Tensor, unbatched: bool) -> tuple[torch.Tensor, ...]:
         """``hx`` as a tuple of (B, ·) states, zeros when None; each must match the input's batch."""
-        name, sizes = type(self).__name__, self._kind.state_sizes(self.hidden_size)
         if hx is None:
             return self._kind.zero_state(x, x.shape[0], hidden_size=self.hidden_size)
-        if self._kind.has_cell:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise RNNInputError(f"{name}: hx must be a pair (h, c), got {_describe(hx)}")
-            states = tuple(zip(("h", "c"), hx))
-        else:
-            states = (("hx", hx),)
         batch = () if unbatched else (x.shape[0],)
-        for (label, state), size in zip(states, sizes):
-            if _describe(state) != (*batch, size):
-                raise RNNInputError(f"{name}: {label} must have shape {(*batch, size)}, got {_describe(state)}")
-            check_dtype(name, state, self.weight_ih, label)
-        return tuple(state.unsqueeze(0) if unbatched else state for _, state in states)
+        states = check_hx(type(self).__name__, hx, self._kind, batch, self.weight_ih, ("h", "c"),
+                          hidden_size=self.hidden_size)
+        return tuple(state.unsqueeze(0) if unbatched else state for state in states)
 
 
 def _describe(value) -> tuple[int, ...] | str:

@@ -36,7 +36,7 @@ from . import _equations, _native
 from ._kinds import KINDS, Kind, check_size, rnn_mode
 from ._lengths import check_lengths, permute, step_mask
 from ._packing import Packing
-from .cells import RNNInputError, check_dtype
+from .cells import RNNInputError, check_dtype, check_hx
 
 __all__ = ["LSTM", "GRU", "RNN", "LayerNormLSTM"]
 
@@ -52,10 +52,6 @@ def _no_projection(owner: str, proj_size) -> None:
     """torch's ``ValueError`` for a ``proj_size`` given to a kind without projections."""
     if proj_size is not None:
         raise ValueError(f"proj_size argument is only supported for LSTM, not {owner}")
-
-
-def _shape(value) -> tuple[int, ...] | str:
-    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 class _RNNBase(nn.Module):
@@ -283,21 +279,10 @@ class _RNNBase(nn.Module):
         """``hx`` as ``(h_0,)`` or ``(h_0, c_0)``, each (L * dirs, B, ·); None stays None (zero state)."""
         if hx is None:
             return None
-        name = type(self).__name__
-        batch = () if unbatched else (B,)
-        sizes = self._kind.state_sizes(self.hidden_size, self.proj_size)
-        if self._kind.has_cell:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise RNNInputError(f"{name}: hx must be a pair (h_0, c_0), got {_shape(hx)}")
-            states = tuple(zip(("h_0", "c_0"), hx))
-        else:
-            states = (("hx", hx),)
-        for (label, state), size in zip(states, sizes):
-            shape = (self.num_layers * self.dirs, *batch, size)
-            if _shape(state) != shape:
-                raise RNNInputError(f"{name}: {label} must have shape {shape}, got {_shape(state)}")
-            check_dtype(name, state, self.weight_ih_l0, label)
-        return tuple(state.unsqueeze(1) if unbatched else state for _, state in states)
+        leading = (self.num_layers * self.dirs, *(() if unbatched else (B,)))
+        states = check_hx(type(self).__name__, hx, self._kind, leading, self.weight_ih_l0, ("h_0", "c_0"),
+                          hidden_size=self.hidden_size, proj_size=self.proj_size)
+        return tuple(state.unsqueeze(1) if unbatched else state for state in states)
 
     @staticmethod
     def _pack_like(output: torch.Tensor, lengths: torch.Tensor, like: PackedSequence) -> PackedSequence:
