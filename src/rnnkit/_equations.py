@@ -23,12 +23,14 @@ units, H_out = proj_size or H.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from . import _gemm, _recurrence, _steps
+from ._kinds import KINDS, Kind
 
 __all__ = ["run_packed"]
 
@@ -84,41 +86,38 @@ def _layernorm_lstm(x, packing, state, weights, has_biases):
     return _recurrence.packed_layernorm_lstm(xg, packing, *state, *recurrent)
 
 
-def _reference_lstm(x, packing, state, weights, has_biases):
+# The reference paths: ``step`` is the kind's :attr:`rnnkit._kinds.Kind.step`, looped by :func:`_loop`.
+
+
+def _reference_lstm(step, x, packing, state, weights, has_biases):
     w_ih, w_hh, b_ih, b_hh, rest = _by_direction(weights, has_biases)
     xg = _reference_project(x, packing, w_ih, [b_ih, b_hh] if has_biases else [])  # (dirs, N, 4H)
     w_hh, w_hr = _stack(w_hh), _stack(rest[0]) if rest else None
-    return _loop(lambda xg_t, h, c: _steps.lstm_step(xg_t, h, c, w_hh, None, w_hr), xg, packing, state)
+    return _loop(lambda xg_t, h, c: step(xg_t, h, c, w_hh, None, w_hr), xg, packing, state)
 
 
-def _reference_gru(x, packing, state, weights, has_biases):
+def _reference_gru(step, x, packing, state, weights, has_biases):
     w_ih, w_hh, b_ih, b_hh, _ = _by_direction(weights, has_biases)
     xg = _reference_project(x, packing, w_ih, [b_ih] if has_biases else [])  # (dirs, N, 3H)
     w_hh, b_hh = _stack(w_hh), _rows(b_hh) if has_biases else None
-    return _loop(lambda xg_t, h: (_steps.gru_step(xg_t, h, w_hh, b_hh),), xg, packing, state)
+    return _loop(lambda xg_t, h: (step(xg_t, h, w_hh, b_hh),), xg, packing, state)
 
 
-def _reference_rnn(nonlinearity):
-    def run(x, packing, state, weights, has_biases):
-        w_ih, w_hh, b_ih, b_hh, _ = _by_direction(weights, has_biases)
-        xg = _reference_project(x, packing, w_ih, [b_ih, b_hh] if has_biases else [])  # (dirs, N, H)
-        w_hh = _stack(w_hh)
-        return _loop(lambda xg_t, h: (_steps.rnn_step(xg_t, h, w_hh, None, nonlinearity),), xg, packing, state)
-
-    return run
+def _reference_rnn(step, x, packing, state, weights, has_biases):
+    w_ih, w_hh, b_ih, b_hh, _ = _by_direction(weights, has_biases)
+    xg = _reference_project(x, packing, w_ih, [b_ih, b_hh] if has_biases else [])  # (dirs, N, H)
+    w_hh = _stack(w_hh)
+    return _loop(lambda xg_t, h: (step(xg_t, h, w_hh, None),), xg, packing, state)
 
 
-def _reference_layernorm_lstm(x, packing, state, weights, has_biases):
+def _reference_layernorm_lstm(step, x, packing, state, weights, has_biases):
     w_ih, w_hh, b_ih, b_hh, rest = _by_direction(weights, has_biases)
     ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias = (_rows(p) for p in rest)
     shift = ln_ih_bias + ln_hh_bias + (_rows(b_ih) + _rows(b_hh) if has_biases else 0)  # (dirs, 1, 4H)
     xg = _steps.layer_norm(_reference_project(x, packing, w_ih, []), ln_ih_weight, shift, _EPS)  # (dirs, N, 4H)
     w_hh = _stack(w_hh)
-
-    def step(xg_t, h, c):
-        return _steps.layernorm_lstm_step(xg_t, h, c, w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, _EPS)
-
-    return _loop(step, xg, packing, state)
+    return _loop(lambda xg_t, h, c: step(xg_t, h, c, w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, _EPS), xg, packing,
+                 state)
 
 
 def _rows(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -162,26 +161,30 @@ class _Recurrence(NamedTuple):
     ``fast`` with its hand-written backward (None: the kind has none), ``reference`` in plain torch operations,
     which autograd differentiates to any order and ``torch.func`` transforms."""
 
+    kind: Kind
     fast: Callable | None
     reference: Callable
-    num_gates: int
+
+
+def _paths(mode: str, fast: Callable | None, reference: Callable) -> _Recurrence:
+    """The :class:`_Recurrence` of ``mode``, its reference path given the kind's step."""
+    return _Recurrence(KINDS[mode], fast, partial(reference, KINDS[mode].step))
 
 
 _EPS = 1e-5  # the LayerNorm-LSTM's layer-norm epsilon, as in its cell
 _RECURRENCES = {
-    "LSTM": _Recurrence(_lstm, _reference_lstm, 4),
-    "GRU": _Recurrence(_gru, _reference_gru, 3),
-    "RNN_TANH": _Recurrence(None, _reference_rnn("tanh"), 1),
-    "RNN_RELU": _Recurrence(None, _reference_rnn("relu"), 1),
-    "LayerNormLSTM": _Recurrence(_layernorm_lstm, _reference_layernorm_lstm, 4),
+    "LSTM": _paths("LSTM", _lstm, _reference_lstm),
+    "GRU": _paths("GRU", _gru, _reference_gru),
+    "RNN_TANH": _paths("RNN_TANH", None, _reference_rnn),
+    "RNN_RELU": _paths("RNN_RELU", None, _reference_rnn),
+    "LayerNormLSTM": _paths("LayerNormLSTM", _layernorm_lstm, _reference_layernorm_lstm),
 }
 
 
-def _zero_state(mode: str, x: torch.Tensor, w_hh: torch.Tensor, dirs: int, B: int) -> tuple[torch.Tensor, ...]:
-    """``(h0,)`` (dirs, B, H_out) for a GRU or RNN, ``(h0, c0)`` with c0 (dirs, B, H) for the LSTM kinds."""
-    H, H_out = w_hh.shape[0] // _RECURRENCES[mode].num_gates, w_hh.shape[1]  # w_hh: (G*H, H_out)
-    h0 = x.new_zeros(dirs, B, H_out)
-    return (h0, x.new_zeros(dirs, B, H)) if mode in ("LSTM", "LayerNormLSTM") else (h0,)
+def _zero_state(kind: Kind, x: torch.Tensor, w_hh: torch.Tensor, dirs: int, B: int) -> tuple[torch.Tensor, ...]:
+    """The kind's zero state, each (dirs, B, ·); w_hh (G*H, H_out) gives the sizes."""
+    H, H_out = w_hh.shape[0] // kind.num_gates, w_hh.shape[1]
+    return kind.zero_state(x, dirs, B, hidden_size=H, proj_size=0 if H_out == H else H_out)
 
 
 class _TwiceDifferentiable(torch.autograd.Function):
@@ -264,7 +267,7 @@ def run_packed(mode, x, packing, hx, weights, *, has_biases):
     if mode not in _RECURRENCES:
         raise ValueError(f"mode must be one of {sorted(_RECURRENCES)}, got {mode!r}")
     recurrence, dirs = _RECURRENCES[mode], len(weights)
-    state = _zero_state(mode, x, weights[0][1], dirs, packing.B) if hx is None else hx
+    state = _zero_state(recurrence.kind, x, weights[0][1], dirs, packing.B) if hx is None else hx
     tensors = [x, *state, *(w for direction in weights for w in direction)]
     if recurrence.fast is None or _transformed(tensors):
         out, *finals = recurrence.reference(x, packing, state, weights, has_biases)
