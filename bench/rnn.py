@@ -26,8 +26,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from rnnkit import LayerNormLSTMCell, _equations, _gemm, _native
-from rnnkit._packing import Packing
 from rnnkit.layers import LSTM, LayerNormLSTM
+from rnnkit.packing import Packing
 
 THREADS = 2
 

@@ -11,7 +11,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from torch.func import jacrev, vmap
 
 from rnnkit import _equations
-from rnnkit._packing import Packing
+from rnnkit.packing import Packing
 
 MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU", "LayerNormLSTM")
 FAST_MODES = ("LSTM", "GRU", "LayerNormLSTM")

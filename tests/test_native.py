@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from rnnkit import LSTM, _native
 from rnnkit._kinds import KINDS
 from rnnkit._native import run_layer, run_packed, run_stack
-from rnnkit._packing import Packing
+from rnnkit.packing import Packing
 
 T, B, D, H = 7, 6, 5, 4
 LENGTHS = [7, 0, 3, 7, 1, 5]  # unsorted, with an empty and full-length sequences

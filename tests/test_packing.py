@@ -1,4 +1,4 @@
-"""Tests for rnnkit._packing: packed order against torch's PackedSequence, and each sequence reversed."""
+"""Tests for rnnkit.packing: packed order against torch's PackedSequence, and each sequence reversed."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from rnnkit._lengths import reverse_padded
-from rnnkit._packing import Packing
+from rnnkit.packing import Packing
 
 
 @st.composite

@@ -4,6 +4,7 @@ from rnnkit import _vml
 from rnnkit.batching import (
     BucketBatchSampler,
     budget_batches,
+    check_lengths,
     collate,
     last_valid,
     lengths_to_mask,
@@ -12,6 +13,7 @@ from rnnkit.batching import (
 )
 from rnnkit.cells import GRUCell, LayerNormLSTMCell, LSTMCell, RNNCell, RNNInputError
 from rnnkit.layers import GRU, LSTM, RNN, LayerNormLSTM
+from rnnkit.packing import Packing
 from rnnkit.vocab import Vocab, char_tokenize, whitespace_tokenize, word_tokenize
 
 __version__ = "0.1.0"
@@ -21,5 +23,6 @@ _vml.settle_dispatch()
 __all__: list[str] = [
     "LSTMCell", "GRUCell", "RNNCell", "LayerNormLSTMCell", "LSTM", "GRU", "RNN", "LayerNormLSTM", "RNNInputError",
     "Vocab", "whitespace_tokenize", "char_tokenize", "word_tokenize",
-    "pad_sequences", "collate", "BucketBatchSampler", "budget_batches", "last_valid", "lengths_to_mask", "mask_to_lengths",
+    "Packing", "check_lengths", "pad_sequences", "collate", "BucketBatchSampler", "budget_batches", "last_valid",
+    "lengths_to_mask", "mask_to_lengths",
 ]

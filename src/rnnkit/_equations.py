@@ -1,6 +1,6 @@
 """The ``backend="equations"`` layers: one (bi)directional layer run from the gate equations.
 
-The real steps of the batch are first put in packed order (:class:`rnnkit._packing.Packing`:
+The real steps of the batch are first put in packed order (:class:`rnnkit.packing.Packing`:
 sorted longest first, time-major, padding left out). The reverse direction of a bidirectional
 layer runs on each sequence read backwards from its own last element (not from the padding), and
 its output is put back in forward time. Both directions go through one computation with a leading
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from . import _gemm, _recurrence, _steps
 from ._kinds import KINDS, Kind
 
-__all__ = ["run_packed"]
+__all__ = ["run_packed", "transformed"]
 
 
 def _by_direction(weights: list[list[torch.Tensor]], has_biases: bool):
@@ -50,7 +50,7 @@ def _stack(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
 
 def _project(x, packing, w_ih, biases):
     """x (N, D) @ w_ih[d]^T [+ biases[d]] for each direction's w_ih[d] (G, D), bias (G,) -> (dirs, N, G), the
-    reverse direction's rows read backwards (:meth:`rnnkit._packing.Packing.reverse`): one product per
+    reverse direction's rows read backwards (:meth:`rnnkit.packing.Packing.reverse`): one product per
     direction over every real step (:func:`rnnkit._gemm.project`)."""
     reverse = packing.reversal(x.device) if len(w_ih) == 2 else None
     return _gemm.project(x, w_ih, biases, reverse)
@@ -212,7 +212,7 @@ class _TwiceDifferentiable(torch.autograd.Function):
         inputs, outputs = saved[: len(ctx.leaves)], saved[len(ctx.leaves) :]
         # Recorded (create_graph) or batched (vmap over the backward, as in jacobians): differentiate the
         # reference path, whose backward is made of torch's own differentiable, batchable operations.
-        if torch.is_grad_enabled() or _transformed(grads):
+        if torch.is_grad_enabled() or transformed(grads):
             with torch.enable_grad():
                 outputs = ctx.recurrence.reference(inputs[0], ctx.packing, *_split(inputs[1:], ctx.num_states),
                                                    ctx.has_biases)
@@ -237,7 +237,7 @@ def _split(tensors, num_states: int):
     return state, [flat[d * per : (d + 1) * per] for d in range(dirs)]
 
 
-def _transformed(tensors) -> bool:
+def transformed(tensors) -> bool:
     """Whether a vmap or another ``torch.func`` transform is running over ``tensors``: custom autograd functions
     with in-place kernels, like the fast path's, cannot run on their batched tensors (torch offers no public
     query for this, hence the private one)."""
@@ -252,7 +252,7 @@ def _recorded(tensors) -> bool:
 
 def run_packed(mode, x, packing, hx, weights, *, has_biases):
     """Run one layer of ``mode`` ("LSTM", "GRU", "RNN_TANH", "RNN_RELU" or "LayerNormLSTM") over the real steps
-    ``x`` (N, D), in the packed order of ``packing`` (a :class:`rnnkit._packing.Packing`).
+    ``x`` (N, D), in the packed order of ``packing`` (a :class:`rnnkit.packing.Packing`).
 
     ``weights`` holds one list per direction in torch's order ``[w_ih, w_hh, b_ih, b_hh, w_hr]``
     (the LayerNorm-LSTM appends its six layer-norm gains and shifts); ``hx`` is None (zero
@@ -269,7 +269,7 @@ def run_packed(mode, x, packing, hx, weights, *, has_biases):
     recurrence, dirs = _RECURRENCES[mode], len(weights)
     state = _zero_state(recurrence.kind, x, weights[0][1], dirs, packing.B) if hx is None else hx
     tensors = [x, *state, *(w for direction in weights for w in direction)]
-    if recurrence.fast is None or _transformed(tensors):
+    if recurrence.fast is None or transformed(tensors):
         out, *finals = recurrence.reference(x, packing, state, weights, has_biases)
     elif _recorded(tensors):
         out, *finals = _TwiceDifferentiable.apply(recurrence, packing, has_biases, len(state), *tensors)

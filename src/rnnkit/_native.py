@@ -60,7 +60,7 @@ import torch
 
 from ._kinds import Kind
 from ._lengths import gather_last, permute, reverse_padded, reversed_steps, step_mask
-from ._packing import Packing
+from .packing import Packing
 
 __all__ = ["run_layer", "run_stack", "run_packed"]
 

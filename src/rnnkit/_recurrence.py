@@ -21,7 +21,7 @@ steps laid out time-major, as in torch's ``PackedSequence``: the n_t sequences s
 step t are the first n_t rows of the state and one contiguous block of n_t rows in every (dirs, N, ·)
 buffer, so each step's matmul and elementwise work shrink with n_t. That matters for ragged
 batches of short sequences (the speaker tracks of ``SpeakerHistoryFusion`` are mostly padding).
-:class:`rnnkit._packing.Packing` converts between the padded (T, B, ·) and the packed (N, ·) layouts; the
+:class:`rnnkit.packing.Packing` converts between the padded (T, B, ·) and the packed (N, ·) layouts; the
 ``*_recurrence`` functions take the padded layout of one direction, the ``packed_*`` ones the packed
 layout with the direction dimension (so that
 :mod:`rnnkit._equations` projects only the real input steps).
@@ -48,7 +48,7 @@ from types import SimpleNamespace
 import torch
 from torch.autograd.function import once_differentiable
 
-from rnnkit._packing import Packing
+from rnnkit.packing import Packing
 
 __all__ = [
     "packed_lstm",

@@ -20,6 +20,7 @@ from rnnkit._lengths import check_lengths, gather_last, step_mask
 
 __all__ = [
     "Batch",
+    "check_lengths",
     "pad_sequences",
     "lengths_to_mask",
     "mask_to_lengths",

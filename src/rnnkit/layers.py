@@ -35,8 +35,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import _equations, _native
 from ._kinds import KINDS, Kind, check_size, rnn_mode
 from ._lengths import check_lengths, permute, step_mask
-from ._packing import Packing
 from .cells import RNNInputError, check_dtype, check_hx
+from .packing import Packing
 
 __all__ = ["LSTM", "GRU", "RNN", "LayerNormLSTM"]
 
@@ -191,12 +191,12 @@ class _RNNBase(nn.Module):
 
     def _run(self, x, lengths, hx):
         """All layers over time-major ``x`` (T, B, D) -> (T, B, dirs * H_out), (L * dirs, B, ·)."""
-        kind = self._kind
-        if self.backend == "native" and lengths is None:  # all full length: torch's fused multi-layer call
+        kind, fused = self._kind, self._fused(x, *(hx or ()))
+        if fused and lengths is None:  # all full length: torch's fused multi-layer call
             return _native.run_stack(kind, x, hx, self._flat_weights, has_biases=self.bias,
                                      num_layers=self.num_layers, dropout=self.dropout, training=self.training,
                                      bidirectional=self.bidirectional)
-        if self.backend == "native" and kind.flag_gates:
+        if fused and kind.flag_gates:
             return self._stack(
                 lambda x, layer_hx, weights: _native.run_layer(kind, x, lengths, layer_hx, weights,
                                                                has_biases=self.bias),
@@ -209,7 +209,7 @@ class _RNNBase(nn.Module):
     def run_packed(self, x: torch.Tensor, packing: Packing, hx=None):
         """All layers over rows ``x`` (N, D) already in the packed order of ``packing``.
 
-        ``packing`` is an :class:`rnnkit._packing.Packing` (the real steps of a padded batch, longest
+        ``packing`` is an :class:`rnnkit.packing.Packing` (the real steps of a padded batch, longest
         sequence first, time-major, as in a ``PackedSequence``); ``hx`` is None (zeros) or the tuple
         ``(h_0,)`` / ``(h_0, c_0)``, each (L * dirs, B, ·) in batch order. Returns the output
         (N, dirs * H_out) in the same packed order and the final states as a tuple like ``hx``. This
@@ -217,7 +217,7 @@ class _RNNBase(nn.Module):
         themselves; ``backend="native"`` runs torch's packed op, ``"equations"`` the gate equations.
         """
         self._check_features(x)
-        if self.backend == "native":
+        if self._fused(x, *(hx or ())):
             return _native.run_packed(self._kind, x, packing, hx, self._flat_weights, has_biases=self.bias,
                                       num_layers=self.num_layers, dropout=self.dropout, training=self.training,
                                       bidirectional=self.bidirectional)
@@ -226,6 +226,12 @@ class _RNNBase(nn.Module):
                                                                has_biases=self.bias),
             x, hx,
         )
+
+    def _fused(self, *tensors: torch.Tensor) -> bool:
+        """Whether torch's fused kernels run: on the native backend, unless a ``torch.func`` transform (vmap,
+        jacrev, ...) runs over ``tensors`` or the weights. torch's fused ops have no batching rule, so then the
+        equations run instead, as they would on ``backend="equations"``."""
+        return self.backend == "native" and not _equations.transformed([*tensors, *self._flat_weights])
 
     def _stack(self, run_layer, x, hx):
         """``run_layer(x, layer_hx, weights) -> (x, states)`` for each layer in turn, with dropout between

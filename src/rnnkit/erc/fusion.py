@@ -20,7 +20,7 @@ Why the tracks are never padded: a batch of 32 MELD-like dialogues has ~140 trac
 turns but only ~2.5 turns per track on average, so a padded (K, T, D) batch is ~75% padding,
 and a fused kernel run over it (``backend="native"``) spends most of its time there. The
 utterances are instead put straight into packed order (tracks sorted by length, time-major, no
-padding row; :class:`rnnkit._packing.Packing`) and each layer runs the gate equations (the
+padding row; :class:`rnnkit.packing.Packing`) and each layer runs the gate equations (the
 ``backend="equations"`` path of :class:`rnnkit.LSTM`, both directions at once): one
 input-projection matmul over the N real utterances, then per turn only the tracks that have that
 turn. On a CPU this is ~2.5x faster than the fused kernel on the padded tracks (see
@@ -36,8 +36,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnkit._lengths import check_lengths
-from rnnkit._packing import Packing
+from rnnkit import Packing, check_lengths
 from rnnkit.layers import LSTM
 
 __all__ = ["SpeakerHistoryFusion"]

@@ -4,6 +4,10 @@ As in torch's ``PackedSequence``, the n_t sequences still running at step t are 
 a (B, ·) state and one contiguous block of n_t rows of an (N, ·) buffer, so a recurrence over packed
 rows never touches padding and each step's work shrinks with n_t.
 
+Public for callers that lay out their own rows and run a layer on them directly with the layers'
+``run_packed`` (the speaker-history fusion of :mod:`rnnkit.erc.fusion` does), skipping ``forward``'s
+padding and reordering.
+
 Shapes: T time steps, B sequences, S the longest length, N real steps in all (sum of lengths).
 """
 
