@@ -77,7 +77,8 @@ def test_atomic_open_leaves_nothing_when_the_block_fails(tmp_path):
 
 def test_remove_temporaries_removes_only_the_leftovers_of_atomic_writes(tmp_path):
     (tmp_path / "checkpoint").mkdir()
-    ours = [tmp_path / f".config.json.k2j_x9{TEMP_SUFFIX}", tmp_path / "checkpoint" / f".trainer_state.pt.a1{TEMP_SUFFIX}"]
+    ours = [tmp_path / f".config.json.k2j_x9{TEMP_SUFFIX}",
+            tmp_path / "checkpoint" / f".trainer_state.pt.a1{TEMP_SUFFIX}"]
     theirs = [tmp_path / "notes.tmp", tmp_path / ".vocab.json.x1.tmp", tmp_path / f"visible{TEMP_SUFFIX}"]
     for path in ours + theirs:
         path.write_bytes(b"x")

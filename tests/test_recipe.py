@@ -42,7 +42,7 @@ def test_train_run_writes_what_the_command_line_writes(tmp_path):
     assert (evaluated["data"], evaluated["format"], evaluated["split"]) == (None, "builtin", "test")
     assert {k: evaluated[k] for k in metrics["test"]} == metrics["test"]
     dialogues = data.splits["test"][:2]
-    records = predict_records([run], dialogues)
+    records = list(predict_records([run], dialogues))
     assert [(r["dialogue"], r["index"]) for r in records] == [(d.id, k) for d in dialogues
                                                               for k in range(len(d.utterances))]
     assert [r["prediction"] for r in records] == [label for labels in run.predict(dialogues) for label in labels]

@@ -3,7 +3,9 @@
 Each subcommand lives in its own module with an ``add_parser(subparsers)`` that registers its flags and
 ``set_defaults(func=run)``. Input a user can fix (bad data files, bad flag values, a run directory that is
 missing or incomplete) ends with one line ``rnnkit: error: <message>`` on stderr and exit status 2; a training
-run whose loss turns NaN or infinite stops with such a line and exit status 1.
+run whose loss turns NaN or infinite stops with such a line and exit status 1. A reader that stops reading
+standard output early (``rnnkit predict ... | head -1``) ends the command quietly, with the status 141 (128 +
+SIGPIPE) that a shell reports for Unix tools stopped the same way.
 
 The subcommands need the application's dependencies (``pip install "rnnkit[erc]"``); without them ``main``
 says so in one line instead of failing on an import.
@@ -12,6 +14,8 @@ says so in one line instead of failing on an import.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -57,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line on ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
     try:
         return _run(argv)
+    except BrokenPipeError:
+        # Python would report the failed flush of stdout again at exit: point stdout at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except ModuleNotFoundError as err:
         missing = (err.name or "").partition(".")[0]
         if missing not in _ERC_MODULES:

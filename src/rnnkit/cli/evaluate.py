@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import contextlib
 
-from rnnkit.cli._errors import CLIError
+from rnnkit.cli._output import open_output
 from rnnkit.erc import FORMATS, SPLITS, evaluate_runs, load_runs, metric_name
-from rnnkit.erc.runs import write_json
+from rnnkit.erc.runs import json_text
 
 __all__ = ["add_parser", "run"]
 
@@ -31,26 +31,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--data", metavar="DIR", help="dataset directory (default: the data the run was trained on)")
     parser.add_argument("--format", choices=FORMATS, help="dataset format (default: detected from --data)")
     parser.add_argument("--split", choices=SPLITS, default="test", help="split to score (default: test)")
-    parser.add_argument("--output", metavar="FILE", help="also write the metrics as JSON to FILE")
+    parser.add_argument("--output", metavar="FILE",
+                        help="also write the metrics as JSON to FILE, in an existing directory")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.output is not None and Path(args.output).is_dir():
-        raise CLIError(f"{args.output}: is a directory; --output must name a file")
-    runs = load_runs(args.run)
-    labels = runs[0].labels
-    metrics = evaluate_runs(runs, args.split, args.data, args.format)
-    monitor = metric_name(metrics["format"])
-    print(f"{metrics['data'] or 'built-in corpus'} ({args.split} split): {monitor} {metrics[monitor]:.2f}, "
-          f"accuracy {metrics['accuracy']:.2f}")
-    width = max(map(len, labels)) + 2
-    print(f"{'label':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
-    for label in labels:
-        row = metrics["report"][label]
-        print(f"{label:<{width}}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['f1-score']:>10.3f}"
-              f"{int(row['support']):>10d}")
-    if args.output is not None:
-        write_json(Path(args.output), {"run": args.run[0] if len(args.run) == 1 else args.run, **metrics})
+    # --output is opened first: an unwritable one fails before the runs are loaded and scored.
+    with contextlib.nullcontext() if args.output is None else open_output(args.output) as output:
+        runs = load_runs(args.run)
+        labels = runs[0].labels
+        metrics = evaluate_runs(runs, args.split, args.data, args.format)
+        monitor = metric_name(metrics["format"])
+        print(f"{metrics['data'] or 'built-in corpus'} ({args.split} split): {monitor} {metrics[monitor]:.2f}, "
+              f"accuracy {metrics['accuracy']:.2f}")
+        width = max(map(len, labels)) + 2
+        print(f"{'label':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
+        for label in labels:
+            row = metrics["report"][label]
+            print(f"{label:<{width}}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['f1-score']:>10.3f}"
+                  f"{int(row['support']):>10d}")
+        if output is not None:
+            output.write(json_text({"run": args.run[0] if len(args.run) == 1 else args.run, **metrics}))
     return 0

@@ -1,17 +1,29 @@
-"""``rnnkit predict``: label every utterance of a file of dialogues with a trained run."""
+"""``rnnkit predict``: label every utterance of a file of dialogues with a trained run.
+
+A JSONL input is streamed: dialogues are read, labeled and written a window at a time
+(:func:`rnnkit.erc.predict_records`), so memory does not grow with the input's size.
+"""
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import json
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from rnnkit.cli._errors import CLIError
-from rnnkit.erc import load_runs, predict_records, read_file
-from rnnkit.trainer import atomic_write_bytes
+from rnnkit.cli._output import open_output
+from rnnkit.erc import iter_file, load_runs, predict_records
+from rnnkit.erc.recipe import PREDICT_WINDOW
 
 __all__ = ["add_parser", "run"]
+
+# Seconds of predicting before a progress bar appears (on a terminal only): short inputs finish without one.
+PROGRESS_DELAY = 2.0
 
 EXAMPLES = """examples:
   rnnkit predict --run runs/builtin/full --input dialogues.jsonl
@@ -25,7 +37,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "predict", help="predict the emotion of every utterance in a file",
         description="Predict the emotion of every utterance of a JSONL file, a MELD or EmoryNLP CSV file\n"
         "or a DailyDialog dialogues_*.txt file. Writes JSONL, one line per utterance: dialogue id,\n"
-        "index, speaker, text, predicted label and the probability of every label.",
+        "index, speaker, text, predicted label and the probability of every label.\n\n"
+        "A JSONL input is streamed, a few thousand utterances at a time, so memory stays bounded\n"
+        "whatever its size (CSV and DailyDialog files, and any input with --features, are read whole).\n"
+        "--output FILE appears complete once all is done; to stdout, lines come as they are predicted,\n"
+        "after a first pass that checks the whole input, so that bad input writes nothing there either.\n"
+        "An input without dialogues gives an empty output, a warning on stderr and exit status 0.\n"
+        "A progress bar appears on stderr when it is a terminal and the input takes more than a few\n"
+        "seconds.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--run", required=True, nargs="+", metavar="RUN_DIR",
@@ -35,22 +54,30 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="input format (default: from the file name and header)")
     parser.add_argument("--features", metavar="FILE",
                         help="for a run trained on precomputed features: the .npy/.pt rows of the input utterances")
-    parser.add_argument("--output", metavar="FILE", help="JSONL file to write (default: stdout)")
+    parser.add_argument("--output", metavar="FILE",
+                        help="JSONL file to write, in an existing directory (default: stdout)")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.output is not None and Path(args.output).is_dir():
-        raise CLIError(f"{args.output}: is a directory; --output must name a file")
-    runs = load_runs(args.run, encoder=None if args.features is None else f"features:{args.features}")
-    if any(member.training_features for member in runs):
-        raise CLIError(f"{' '.join(args.run)}: the run reads precomputed features; pass --features FILE with one row "
-                       "per utterance of --input")
-    dialogues = read_file(args.input, args.format)
-    lines = [json.dumps(record, ensure_ascii=False) + "\n" for record in predict_records(runs, dialogues)]
-    if args.output is None:
-        sys.stdout.writelines(lines)
-    else:
-        atomic_write_bytes(Path(args.output), "".join(lines).encode("utf-8"))
+    # --output is opened first: an unwritable one fails before the runs are loaded and anything is predicted.
+    with contextlib.nullcontext(sys.stdout) if args.output is None else open_output(args.output) as output:
+        runs = load_runs(args.run, encoder=None if args.features is None else f"features:{args.features}")
+        if any(member.training_features for member in runs):
+            raise CLIError(f"{' '.join(args.run)}: the run reads precomputed features; pass --features FILE with "
+                           "one row per utterance of --input")
+        if args.output is None and Path(args.input).is_file():
+            # Lines on stdout cannot be taken back: read the input through once, for its errors alone.
+            collections.deque(iter_file(args.input, args.format), maxlen=0)
+        records = predict_records(runs, iter_file(args.input, args.format),
+                                  window=None if args.features else PREDICT_WINDOW)  # features: rows for all input
+        written = 0
+        with tqdm(unit=" utterances", file=sys.stderr, delay=PROGRESS_DELAY, disable=not sys.stderr.isatty()) as bar:
+            for record in records:
+                output.write(json.dumps(record, ensure_ascii=False) + "\n")
+                written += 1
+                bar.update()
+    if not written:
+        print(f"rnnkit: warning: {args.input} holds no dialogues; the output is empty", file=sys.stderr)
     return 0

@@ -22,6 +22,7 @@ from rnnkit.erc.data import (
     Utterance,
     check_labels,
     detect_format,
+    iter_file,
     label_set,
     metric_name,
     neutral_label,
@@ -40,7 +41,7 @@ from rnnkit.erc.recipe import ABLATIONS, RunData, evaluate_runs, load_data, pred
 from rnnkit.erc.runs import Run, RunError, load_run, load_runs, predict_probabilities
 
 __all__ = [
-    "Utterance", "Dialogue", "DataError", "FORMATS", "SPLITS", "read_split", "read_file", "detect_format",
+    "Utterance", "Dialogue", "DataError", "FORMATS", "SPLITS", "read_split", "read_file", "iter_file", "detect_format",
     "resolve_format", "write_jsonl", "write_corpus", "check_labels", "label_set", "metric_name", "neutral_label",
     "builtin_corpus", "BUILTIN_LABELS",
     "UtteranceEncoder", "build_encoder", "load_encoder",

@@ -9,15 +9,18 @@ fields, JSON lines are standard JSON (no NaN, no repeated keys), integers are pl
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import io
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from rnnkit.erc.records import Dialogue, Utterance, data_error
 
-__all__ = ["FIXED_LABELS", "read_table", "read_dailydialog", "emotion_file", "read_jsonl"]
+__all__ = ["FIXED_LABELS", "read_table", "read_dailydialog", "emotion_file", "read_jsonl", "iter_jsonl"]
 
 FIXED_LABELS = {
     "meld": ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"),
@@ -32,23 +35,38 @@ CSV_COLUMNS = {
 DIALOGUE_KEY = {"meld": ("Dialogue_ID",), "emorynlp": ("Season", "Episode", "Scene_ID")}
 
 
-def _read_text(path: Path) -> str:
-    """The file decoded as UTF-8 (a leading byte-order mark dropped); a bad byte is reported with its line."""
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[BinaryIO]:
+    """``path`` opened for reading bytes; a DataError naming it when it is missing, a directory or unreadable."""
     try:
-        data = path.read_bytes()
+        f = path.open("rb")
     except FileNotFoundError:
         raise data_error(path, "file not found") from None
     except IsADirectoryError:
         raise data_error(path, "is a directory, expected a file") from None
     except OSError as err:
         raise data_error(path, f"cannot be read ({err.strerror or err})") from None
+    with f:
+        yield f
+
+
+def _decode(path: Path, data: bytes, line: int = 1) -> str:
+    """``data``, read from ``path`` from the start of its line ``line``, decoded as UTF-8; a bad byte is reported
+    with its line and column."""
     try:
-        return data.decode("utf-8").removeprefix("\ufeff")
+        return data.decode("utf-8")
     except UnicodeDecodeError as err:
         line_start = data.rfind(b"\n", 0, err.start) + 1
         column = err.start - line_start + 1
         raise data_error(path, f"byte 0x{data[err.start]:02x} at column {column} is not valid UTF-8",
-                         line=data.count(b"\n", 0, err.start) + 1) from None
+                         line=line + data.count(b"\n", 0, err.start)) from None
+
+
+def _read_text(path: Path) -> str:
+    """The file decoded as UTF-8 (a leading byte-order mark dropped); a bad byte is reported with its line."""
+    with _open(path) as f:
+        data = f.read()
+    return _decode(path, data).removeprefix("\ufeff")
 
 
 def _lines(path: Path) -> list[str]:
@@ -57,6 +75,14 @@ def _lines(path: Path) -> list[str]:
     if lines[-1] == "":
         lines.pop()
     return [line.removesuffix("\r") for line in lines]
+
+
+def _stream_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The 1-based number and text of each line of ``path``, as :func:`_lines` gives them, read one at a time."""
+    with _open(path) as f:
+        for number, data in enumerate(f, start=1):
+            line = _decode(path, data, number).removesuffix("\n").removesuffix("\r")
+            yield number, line.removeprefix("\ufeff") if number == 1 else line
 
 
 def read_table(path: Path, format: str | None, require_labels: bool) -> list[Dialogue]:
@@ -231,8 +257,14 @@ def _emotion_label(path, line, k, token: str) -> str:
 
 def read_jsonl(path: Path) -> list[Dialogue]:
     """Read the jsonl format: one {"id", "utterances": [{"speaker", "text", "label"?}]} object per line."""
-    dialogues, first_line = [], {}
-    for number, line in enumerate(_lines(path), start=1):
+    return list(iter_jsonl(path))
+
+
+def iter_jsonl(path: Path) -> Iterator[Dialogue]:
+    """:func:`read_jsonl` one line at a time, for files larger than memory: each dialogue is yielded once its line
+    is checked, and only the ids seen so far are kept (to refuse a repeated one)."""
+    first_line = {}
+    for number, line in _stream_lines(path):
         if not line.strip():
             continue
         record = _json(path, number, line)
@@ -252,8 +284,7 @@ def read_jsonl(path: Path) -> list[Dialogue]:
         if not isinstance(turns, list) or not turns:
             problem = "dialogue with no utterances" if turns == [] else f"expected a list of utterances, got {turns!r}"
             raise data_error(path, problem, line=number, field="utterances")
-        dialogues.append(Dialogue(id_, tuple(_json_utterance(path, number, k, turn) for k, turn in enumerate(turns))))
-    return dialogues
+        yield Dialogue(id_, tuple(_json_utterance(path, number, k, turn) for k, turn in enumerate(turns)))
 
 
 def _json(path, line: int, text: str):

@@ -2,9 +2,9 @@
 
 A :class:`Dialogue` is an ordered tuple of :class:`Utterance` s, each with its speaker, its text and, when annotated,
 its emotion label (both defined in :mod:`rnnkit.erc.records`). The readers (:mod:`rnnkit.erc._readers`, called
-by :func:`read_split` and :func:`read_file` here) turn four on-disk layouts into that one form and check the input
-at the boundary: every problem is a :class:`DataError` whose message names the file, the 1-based line in that file
-and the field, so nothing further down (vocabularies, batching, training) has to guess what went wrong.
+by :func:`read_split`, :func:`read_file` and :func:`iter_file` here) turn four on-disk layouts into that one form and
+check the input at the boundary: every problem is a :class:`DataError` whose message names the file, the 1-based line
+in that file and the field, so nothing further down (vocabularies, batching, training) has to guess what went wrong.
 
 Formats, each as ``read_split(directory, split)`` finds it (``split`` is "train", "dev" or "test"):
 
@@ -40,15 +40,17 @@ micro F1 over the other classes.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
-from rnnkit.erc._readers import FIXED_LABELS, emotion_file, read_dailydialog, read_jsonl, read_table
+from rnnkit.erc._readers import FIXED_LABELS, emotion_file, iter_jsonl, read_dailydialog, read_jsonl, read_table
 from rnnkit.erc.corpus import BUILTIN_LABELS, builtin_corpus
 from rnnkit.erc.records import DataError, Dialogue, Utterance, data_error
 
 __all__ = [
     "Utterance", "Dialogue", "DataError", "FORMATS", "SPLITS", "detect_format", "resolve_format", "read_split",
-    "read_file", "write_jsonl", "write_corpus", "check_labels", "label_set", "neutral_label", "metric_name",
+    "read_file", "iter_file", "write_jsonl", "write_corpus", "check_labels", "label_set", "neutral_label",
+    "metric_name",
 ]
 
 FORMATS = ("meld", "emorynlp", "dailydialog", "jsonl", "builtin")
@@ -146,6 +148,14 @@ def read_file(path, format: str | None = None) -> list[Dialogue]:
     file without its emotion file beside it, gives utterances labeled None. Without ``format`` the file name decides,
     and for a .csv its header (a Scene_ID column means EmoryNLP).
     """
+    return list(iter_file(path, format))
+
+
+def iter_file(path, format: str | None = None) -> Iterator[Dialogue]:
+    """The dialogues of :func:`read_file`, one at a time: a .jsonl file is read line by line as the iterator
+    advances, so that labeling a file larger than memory holds one dialogue of it (a bad line is a DataError
+    when it is reached). A CSV or DailyDialog file is read whole first: a dialogue of a CSV file may be spread over
+    the whole file, and a DailyDialog dialogue's labels are in a second file."""
     path = Path(path)
     if format is not None:
         _check_format(format, ("meld", "emorynlp", "dailydialog", "jsonl"))
@@ -157,11 +167,11 @@ def read_file(path, format: str | None = None) -> list[Dialogue]:
         raise data_error(path, "cannot tell the format; expected a .jsonl file, a MELD or EmoryNLP .csv file "
                                "or a DailyDialog dialogues_*.txt file (or pass format=)")
     if format == "jsonl":
-        return read_jsonl(path)
+        return iter_jsonl(path)
     if format == "dailydialog":
         emotions = emotion_file(path)
-        return read_dailydialog(path, emotions if emotions.is_file() else None)
-    return read_table(path, format, require_labels=False)
+        return iter(read_dailydialog(path, emotions if emotions.is_file() else None))
+    return iter(read_table(path, format, require_labels=False))
 
 
 def write_jsonl(path, dialogues) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +42,7 @@ from rnnkit.erc.losses import class_weights, erc_loss
 from rnnkit.erc.metrics import compute_metrics
 from rnnkit.erc.model import ERCConfig, ERCModel, collate_dialogues
 from rnnkit.erc.plots import confusion_png, curves_png
-from rnnkit.erc.runs import CONFIG_FILE, Run, RunError, predict_probabilities, write_json
+from rnnkit.erc.runs import CONFIG_FILE, EVAL_BATCH_SIZE, Run, RunError, predict_probabilities, write_json
 from rnnkit.trainer import (
     CHECKPOINT_DIR,
     STATE_FILE,
@@ -55,7 +55,7 @@ from rnnkit.trainer import (
 
 __all__ = [
     "ABLATIONS", "METRICS_FILE", "CONFUSION_PNG", "CURVES_PNG", "RunData", "load_data", "train_run", "score",
-    "evaluate_runs", "predict_records",
+    "evaluate_runs", "predict_records", "PREDICT_WINDOW",
 ]
 
 # Variant name -> ERCConfig fields it changes; the full model comes first.
@@ -63,6 +63,8 @@ ABLATIONS = {"full": {}, "no_context": {"use_context": False}, "no_speaker": {"u
 METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
 CURVES_PNG = "training_curve.png"
+# Utterances predict_records labels at a time: a few MB of records, and enough to keep batching efficient.
+PREDICT_WINDOW = 4096
 
 
 @dataclass
@@ -206,19 +208,42 @@ def evaluate_runs(runs: Sequence[Run], split: str = "test", source: str | None =
             **score([member.model for member in runs], dialogues, first.labels, format)}
 
 
-def predict_records(runs: Sequence[Run], dialogues: list[Dialogue]) -> list[dict]:
+def predict_records(runs: Sequence[Run], dialogues: Iterable[Dialogue], *,
+                    window: int | None = PREDICT_WINDOW) -> Iterator[dict]:
     """One record per utterance of ``dialogues``, labeled by ``runs`` (averaging their probabilities): dialogue id,
-    index, speaker, text, predicted label, every label's probability, and the gold label when there is one."""
+    index, speaker, text, predicted label, every label's probability, and the gold label when there is one.
+
+    Records come as they are predicted: ``dialogues`` (any iterable, such as :func:`rnnkit.erc.iter_file`) are
+    taken a window of about ``window`` utterances at a time (whole batches of ``EVAL_BATCH_SIZE`` dialogues, so
+    that the numbers are those of one call on all of them), and memory holds one window, whatever the input's
+    size. ``window=None`` takes them all at once, as a features encoder needs: its file holds rows for all of them.
+    """
     labels = runs[0].labels
-    for member in runs:
-        member.model.encoder.prepare(dialogues)
-    records = []
-    for dialogue, probs in zip(dialogues, predict_probabilities([member.model for member in runs], dialogues)):
-        for index, (utterance, p) in enumerate(zip(dialogue.utterances, probs.tolist())):
-            record = {"dialogue": dialogue.id, "index": index, "speaker": utterance.speaker, "text": utterance.text,
-                      "prediction": labels[max(range(len(p)), key=p.__getitem__)],
-                      "probabilities": dict(zip(labels, p))}
-            if utterance.label is not None:
-                record["label"] = utterance.label
-            records.append(record)
-    return records
+    for chunk in _windows(dialogues, window):
+        for member in runs:
+            member.model.encoder.prepare(chunk)
+        for dialogue, probs in zip(chunk, predict_probabilities([member.model for member in runs], chunk)):
+            for index, (utterance, p) in enumerate(zip(dialogue.utterances, probs.tolist())):
+                record = {"dialogue": dialogue.id, "index": index, "speaker": utterance.speaker,
+                          "text": utterance.text, "prediction": labels[max(range(len(p)), key=p.__getitem__)],
+                          "probabilities": dict(zip(labels, p))}
+                if utterance.label is not None:
+                    record["label"] = utterance.label
+                yield record
+
+
+def _windows(dialogues: Iterable[Dialogue], utterances: int | None) -> Iterator[list[Dialogue]]:
+    """Lists of whole batches of EVAL_BATCH_SIZE dialogues holding at least ``utterances`` utterances (the last
+    one fewer); one list of everything for None."""
+    if utterances is None:
+        yield list(dialogues)
+        return
+    window, size = [], 0
+    for dialogue in dialogues:
+        window.append(dialogue)
+        size += len(dialogue.utterances)
+        if size >= utterances and len(window) % EVAL_BATCH_SIZE == 0:
+            yield window
+            window, size = [], 0
+    if window:
+        yield window

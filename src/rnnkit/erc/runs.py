@@ -33,8 +33,8 @@ from rnnkit.erc.model import ERCConfig, ERCModel, collate_dialogues
 from rnnkit.erc.records import Dialogue
 from rnnkit.trainer import WEIGHTS_FILE, atomic_write_bytes, load_weights
 
-__all__ = ["CONFIG_FILE", "EVAL_BATCH_SIZE", "RunError", "Run", "read_json", "write_json", "load_run", "load_runs",
-           "predict_probabilities"]
+__all__ = ["CONFIG_FILE", "EVAL_BATCH_SIZE", "RunError", "Run", "read_json", "json_text", "write_json", "load_run",
+           "load_runs", "predict_probabilities"]
 
 CONFIG_FILE = "config.json"
 # Scoring always batches the same dialogues together, so evaluate reproduces train's numbers bit for bit.
@@ -87,9 +87,14 @@ def read_json(path: Path) -> dict:
         raise RunError(f"{path}: not valid JSON ({err})") from None
 
 
+def json_text(obj) -> str:
+    """``obj`` as the indented JSON text, ending in a newline, of a run's config.json and metrics.json."""
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+
+
 def write_json(path: Path, obj) -> None:
-    """Write ``obj`` as indented UTF-8 JSON, atomically (a run directory's config.json and metrics.json)."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    """Write ``obj`` as :func:`json_text` in UTF-8, atomically (a run directory's config.json and metrics.json)."""
+    atomic_write_bytes(path, json_text(obj).encode("utf-8"))
 
 
 def load_run(directory, *, encoder: str | None = None) -> Run:
