@@ -42,7 +42,7 @@ from rnnkit.erc.losses import class_weights, erc_loss
 from rnnkit.erc.metrics import compute_metrics
 from rnnkit.erc.model import ERCConfig, ERCModel, collate_dialogues
 from rnnkit.erc.plots import confusion_png, curves_png
-from rnnkit.erc.runs import CONFIG_FILE, EVAL_BATCH_SIZE, Run, RunError, predict_probabilities, write_json
+from rnnkit.erc.runs import CONFIG_FILE, EVAL_BATCH_SIZE, Run, RunError, predict_probabilities, seal_run, write_json
 from rnnkit.trainer import (
     CHECKPOINT_DIR,
     STATE_FILE,
@@ -52,6 +52,7 @@ from rnnkit.trainer import (
     dist_info,
     seed_everything,
 )
+from rnnkit.trainer.files import remove_temporaries
 
 __all__ = [
     "ABLATIONS", "METRICS_FILE", "CONFUSION_PNG", "CURVES_PNG", "RunData", "load_data", "train_run", "score",
@@ -158,6 +159,7 @@ def train_run(directory, data: RunData | None = None, model: ERCConfig | None = 
             except OSError as err:
                 raise RunError(f"{directory}: cannot create the run directory ({err.strerror})") from None
             encoder.save(directory)
+        remove_temporaries(directory)  # what writes killed outright (SIGKILL, a power cut) left behind
         # Rewritten on resume too: the number of epochs may have grown.
         write_json(directory / CONFIG_FILE, {
             "data": data.source, "format": data.format, "limit": data.limit, "labels": data.labels,
@@ -187,6 +189,7 @@ def train_run(directory, data: RunData | None = None, model: ERCConfig | None = 
     atomic_write_bytes(directory / CONFUSION_PNG,
                        confusion_png(metrics["test"]["confusion"], data.labels, f"test confusion ({directory.name})"))
     atomic_write_bytes(directory / CURVES_PNG, curves_png(result.history, monitor, result.best_epoch))
+    seal_run(directory)
     return metrics
 
 

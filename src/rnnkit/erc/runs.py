@@ -2,7 +2,8 @@
 
 A run directory holds::
 
-    config.json             data source, label list, ERCConfig and TrainerConfig of the run
+    config.json             data source, label list, ERCConfig and TrainerConfig of the run; once it is
+                            complete, the sha256 digests of the label list and model.safetensors
     encoder.json            encoder description; vocab.json too for the "words"/"chars" encoders
     model.safetensors       weights of the best dev epoch
     metrics.json            dev and test scores (percent), per-class report, per-epoch history
@@ -20,6 +21,7 @@ Shapes: B dialogues, U utterances (padded), L labels.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,10 +35,12 @@ from rnnkit.erc.model import ERCConfig, ERCModel, collate_dialogues
 from rnnkit.erc.records import Dialogue
 from rnnkit.trainer import WEIGHTS_FILE, atomic_write_bytes, load_weights
 
-__all__ = ["CONFIG_FILE", "EVAL_BATCH_SIZE", "RunError", "Run", "read_json", "json_text", "write_json", "load_run",
-           "load_runs", "predict_probabilities"]
+__all__ = ["CONFIG_FILE", "EVAL_BATCH_SIZE", "RunError", "Run", "read_json", "json_text", "write_json", "seal_run",
+           "load_run", "load_runs", "predict_probabilities"]
 
 CONFIG_FILE = "config.json"
+# The config.json field that holds the sha256 digests of the labels and the weights (see seal_run).
+DIGESTS_KEY = "sha256"
 # Scoring always batches the same dialogues together, so evaluate reproduces train's numbers bit for bit.
 EVAL_BATCH_SIZE = 32
 
@@ -97,9 +101,43 @@ def write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, json_text(obj).encode("utf-8"))
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _labels_digest(labels) -> str:
+    return _sha256(json.dumps(labels, ensure_ascii=False).encode("utf-8"))
+
+
+def seal_run(directory) -> None:
+    """Record in the run's config.json the sha256 digests of its label list and of its model.safetensors, which
+    :func:`load_run` checks: labels reordered by hand, or weights swapped for other ones, would otherwise load
+    and name every prediction wrongly. Called once the run is complete (the weights change while it trains)."""
+    directory = Path(directory)
+    saved = read_json(directory / CONFIG_FILE)
+    digests = {"labels": _labels_digest(saved["labels"]),
+               WEIGHTS_FILE: _sha256((directory / WEIGHTS_FILE).read_bytes())}
+    write_json(directory / CONFIG_FILE, saved | {DIGESTS_KEY: digests})
+
+
+def _check_digests(directory: Path, saved: dict) -> None:
+    """RunError naming the file whose content no longer matches the digest :func:`seal_run` recorded."""
+    digests = saved.get(DIGESTS_KEY, {})
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+        raise RunError(f"{directory / CONFIG_FILE}: field {DIGESTS_KEY!r} must map names to sha256 digests")
+    if "labels" in digests and digests["labels"] != _labels_digest(saved["labels"]):
+        raise RunError(f"{directory / CONFIG_FILE}: the labels differ from those the run was trained with (their "
+                       "sha256 digest does not match); were they edited or reordered?")
+    if WEIGHTS_FILE in digests and digests[WEIGHTS_FILE] != _sha256((directory / WEIGHTS_FILE).read_bytes()):
+        raise RunError(f"{directory / WEIGHTS_FILE}: the weights differ from those the run was trained with (their "
+                       f"sha256 digest does not match the one in {CONFIG_FILE})")
+
+
 def load_run(directory, *, encoder: str | None = None) -> Run:
     """Load the run in ``directory``; ``encoder`` replaces a features encoder's file (prediction inputs).
-    Raises :class:`RunError` naming the file when the directory is not a complete run."""
+    Raises :class:`RunError` naming the file when the directory is not a complete run, or when its labels or
+    weights do not match the digests :func:`seal_run` recorded. A run written before digests were recorded, or
+    one whose training has not finished, has none, and loads unchecked."""
     directory = Path(directory)
     if not directory.is_dir():
         raise RunError(f"{directory}: run directory not found")
@@ -116,6 +154,7 @@ def load_run(directory, *, encoder: str | None = None) -> Run:
     except (KeyError, TypeError, ValueError, FileNotFoundError) as err:
         raise RunError(f"{directory / CONFIG_FILE}: cannot rebuild the run ({err})") from None
     try:
+        _check_digests(directory, saved)
         load_weights(run.model, directory / WEIGHTS_FILE)
     except (SafetensorError, RuntimeError, OSError) as err:  # a damaged file; names or shapes that differ
         raise RunError(f"{directory / WEIGHTS_FILE}: cannot load the weights ({err})") from None
