@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -360,7 +361,38 @@ def test_unknown_label_in_dev_of_a_jsonl_dataset(tmp_path, capsys):
     write_jsonl(data / "dev.jsonl", dev)
     assert _train(tmp_path / "run", "--data", str(data)) == 2
     line = _error_line(capsys)
-    assert "dev split" in line and "'odd'" in line and "'label'" in line and "'bored'" in line
+    assert "dev.jsonl, line 1, field 'utterances[0].label'" in line and "'bored'" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("split", ["train", "dev", "test"])
+def test_a_split_without_labels_is_refused_before_anything_is_written(tmp_path, capsys, split):
+    data = _jsonl(tmp_path, "")
+    unlabeled = [Dialogue(d.id, tuple(Utterance(u.speaker, u.text) for u in d.utterances))
+                 for d in builtin_corpus(split)[:2]]
+    write_jsonl(data / f"{split}.jsonl", unlabeled)
+    assert _train(tmp_path / "run", "--data", str(data)) == 2
+    assert f"{split}.jsonl: no utterance carries a label" in _error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_builtin_format_with_a_data_directory_is_refused(tmp_path, jsonl_data, capsys):
+    assert _train(tmp_path / "run", "--format", "builtin", "--data", str(jsonl_data)) == 2
+    assert "format 'builtin' is the built-in corpus and reads no directory" in _error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_records_its_data_directory_absolute(tmp_path, jsonl_data, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert _train(Path("run"), "--data", "data") == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"] == str(jsonl_data.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().out.startswith(f"{jsonl_data.resolve()} (test split)")
+    assert main(["train", "--resume", "--out", str(tmp_path / "run"), "--epochs", "3", "--quiet"]) == 0
 
 
 @pytest.mark.parametrize(
@@ -400,6 +432,51 @@ def test_output_directory_that_is_a_file(tmp_path, capsys):
     assert _train(tmp_path / "taken") == 2
     assert "taken: exists and is not a directory" in _error_line(capsys)
     assert (tmp_path / "taken").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--seed", "1125899906842624"], "TrainerConfig.seed must be an integer in [0, 2**32 - 1]"),
+    (["--device", "cuda:99"], "device 'cuda:99': "),
+    (["--device", "meta"], "TrainerConfig.device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'meta'"),
+    (["--context-hidden", str(10**12)], "cannot build the model with these sizes"),
+    (["--encoder-hidden", str(10**18)], "cannot build the model with these sizes"),
+], ids=["seed-overflow", "absent-device", "unknown-device", "huge-context", "overflowing-encoder"])
+def test_settings_that_cannot_run_are_refused_before_anything_is_written(tmp_path, capsys, flags, expected):
+    assert _train(tmp_path / "run", *flags) == 2
+    assert expected in _error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_out_under_a_file_is_refused_before_reading_the_data(tmp_path, capsys):
+    (tmp_path / "taken").write_text("keep me")
+    assert _train(tmp_path / "taken" / "run", "--data", str(tmp_path / "nowhere")) == 2
+    assert "cannot create the run directory: " in _error_line(capsys)
+    assert (tmp_path / "taken").read_text() == "keep me"
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _strip_state(path: Path) -> None:
+    torch.save({"epoch": 2}, path)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda run: _truncate(run / "checkpoint" / "epoch-2.safetensors"), "epoch-2.safetensors: damaged"),
+    (lambda run: (run / "checkpoint" / "epoch-2.safetensors").unlink(), "epoch-2.safetensors: missing"),
+    (lambda run: _truncate(run / "checkpoint" / "trainer_state.pt"), "trainer_state.pt: damaged checkpoint"),
+    (lambda run: _strip_state(run / "checkpoint" / "trainer_state.pt"), "trainer_state.pt: damaged checkpoint"),
+    (lambda run: (run / "vocab.json").unlink(), "vocab.json does not exist"),
+], ids=["truncated-weights", "missing-weights", "truncated-state", "malformed-state", "missing-vocab"])
+def test_a_resume_that_fails_leaves_the_run_byte_identical(run_dir, tmp_path, capsys, damage, expected):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    damage(run)
+    before = _snapshot(run)
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "3"]) == 2
+    assert expected in _error_line(capsys)
+    assert _snapshot(run) == before
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])

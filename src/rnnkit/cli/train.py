@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import torch.distributed as dist
 from rnnkit.cli._errors import CLIError
 from rnnkit.erc import ABLATIONS, FORMATS, ERCConfig, RunData, load_data, metric_name, train_run
 from rnnkit.erc.runs import CONFIG_FILE, read_json
-from rnnkit.trainer import CHECKPOINT_DIR, SCHEDULES, DistInfo, TrainerConfig, init_distributed
+from rnnkit.trainer import CHECKPOINT_DIR, SCHEDULES, DistInfo, TrainerConfig, init_distributed, resolve_device
 
 __all__ = ["add_parser", "run"]
 
@@ -155,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
     for directory in [out] + [out / v for v in variants if v is not None]:
         if directory.exists() and not directory.is_dir():
             raise CLIError(f"{directory}: exists and is not a directory; --out must name a run directory")
+    _check_writable(out)
     if given.get("ablation") and ({"use_context", "use_speaker"} & given.keys()):
         raise CLIError("--ablation trains the no-context and no-speaker variants itself; "
                        "drop --no-context/--no-speaker")
@@ -162,6 +164,10 @@ def run(args: argparse.Namespace) -> int:
         data, plans = _resume_plans(out, variants, given)
     else:
         data, plans = _fresh_plans(out, variants, given)
+    try:
+        resolve_device(plans[0].trainer.device, info.local_rank)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     # Every rank has validated its input before rank 0 writes anything.
     _barrier(info)
     results = {}
@@ -170,6 +176,18 @@ def run(args: argparse.Namespace) -> int:
     if info.is_main:
         _report(results, data.format, ablation=variants != [None])
     return 0
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse an --out that cannot be created or written (a path under a file, a read-only directory) before
+    anything is read or computed."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CLIError(f"{out}: cannot create the run directory: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CLIError(f"{out}: cannot write the run directory: {existing} is not writable")
 
 
 def _fresh_plans(out: Path, variants, given) -> tuple[RunData, list[_Plan]]:

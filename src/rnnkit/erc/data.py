@@ -48,9 +48,9 @@ from rnnkit.erc.corpus import BUILTIN_LABELS, builtin_corpus
 from rnnkit.erc.records import DataError, Dialogue, Utterance, data_error
 
 __all__ = [
-    "Utterance", "Dialogue", "DataError", "FORMATS", "SPLITS", "detect_format", "resolve_format", "read_split",
-    "read_file", "iter_file", "write_jsonl", "write_corpus", "check_labels", "label_set", "neutral_label",
-    "metric_name",
+    "Utterance", "Dialogue", "DataError", "FORMATS", "SPLITS", "detect_format", "resolve_format", "split_file",
+    "read_split", "read_file", "iter_file", "write_jsonl", "write_corpus", "check_labels", "label_set",
+    "neutral_label", "metric_name",
 ]
 
 FORMATS = ("meld", "emorynlp", "dailydialog", "jsonl", "builtin")
@@ -100,12 +100,30 @@ def detect_format(directory) -> str:
 
 def resolve_format(directory, format: str | None) -> str:
     """The format to read ``directory`` with: ``format`` as given, "builtin" without a directory, else detected
-    from the files in ``directory``."""
+    from the files in ``directory``. A directory with format "builtin" is refused: the built-in corpus reads no
+    files, and a run would record a directory it never read."""
     if format is None:
         return "builtin" if directory is None else detect_format(directory)
     if format != "builtin" and directory is None:
         raise DataError(f"format {format!r} is read from a dataset directory, and none was given")
+    if format == "builtin" and directory is not None:
+        raise DataError(f"{directory}: format 'builtin' is the built-in corpus and reads no directory; "
+                        "drop the directory or name its format")
     return _check_format(format)
+
+
+def split_file(directory, split: str, format: str) -> Path:
+    """The file that holds ``split`` of the dataset in ``directory`` in ``format`` (not "builtin"); a
+    :class:`DataError` naming the places looked at when there is none."""
+    directory = Path(directory)
+    candidates = _split_files(directory, format, split)
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        unsplit = format == "dailydialog" and (directory / "dialogues_text.txt").is_file()
+        hint = " (dialogues_text.txt holds no split: read it with read_file)" if unsplit else ""
+        raise DataError(f"{directory}: missing {split} split file for format {format!r}; "
+                        f"looked for {' and '.join(map(str, candidates))}{hint}")
+    return path
 
 
 def read_split(directory, split: str, format: str | None = None) -> list[Dialogue]:
@@ -119,14 +137,7 @@ def read_split(directory, split: str, format: str | None = None) -> list[Dialogu
     if format == "builtin":
         return builtin_corpus(split)
     format = detect_format(directory) if format is None else _check_format(format)
-    directory = Path(directory)
-    candidates = _split_files(directory, format, split)
-    path = next((p for p in candidates if p.is_file()), None)
-    if path is None:
-        unsplit = format == "dailydialog" and (directory / "dialogues_text.txt").is_file()
-        hint = " (dialogues_text.txt holds no split: read it with read_file)" if unsplit else ""
-        raise DataError(f"{directory}: missing {split} split file for format {format!r}; "
-                        f"looked for {' and '.join(map(str, candidates))}{hint}")
+    path = split_file(directory, split, format)
     if format == "jsonl":
         dialogues = read_jsonl(path)
     elif format == "dailydialog":
@@ -191,15 +202,33 @@ def write_corpus(directory, seed: int = 0) -> None:
         write_jsonl(directory / f"{split}.jsonl", builtin_corpus(split, seed))
 
 
-def check_labels(dialogues, labels: list[str], source: str) -> None:
-    """DataError naming ``source``, the dialogue and the utterance of the first label outside ``labels`` (the
-    dev or test split of a dataset holding a label its train split, and so the run, does not know)."""
+def check_labels(dialogues, labels: list[str] | None, source) -> None:
+    """DataError naming ``source`` when no utterance of ``dialogues`` carries a label (nothing to train on or to
+    score), or naming the dialogue and the utterance of the first label outside ``labels`` (None: any label), as
+    in the dev or test split of a dataset holding a label its train split, and so the run, does not know.
+
+    ``source`` is the split's file (its line is named for a jsonl file) or a description ("built-in corpus").
+    """
+    if not any(u.label is not None for dialogue in dialogues for u in dialogue.utterances):
+        raise DataError(f"{source}: no utterance carries a label; training and scoring need labeled utterances "
+                        "in the train, dev and test splits")
+    if labels is None:
+        return
     known = set(labels)
-    for dialogue in dialogues:
+    for index, dialogue in enumerate(dialogues):
         for k, utterance in enumerate(dialogue.utterances):
             if utterance.label is not None and utterance.label not in known:
-                raise DataError(f"{source}: dialogue {dialogue.id!r}, utterances[{k}], field 'label': unknown "
-                                f"label {utterance.label!r}; the run's labels are {', '.join(labels)}")
+                problem = f"unknown label {utterance.label!r}; the run's labels are {', '.join(labels)}"
+                if isinstance(source, Path) and source.suffix == ".jsonl":
+                    raise data_error(source, problem, line=_jsonl_line(source, index),
+                                     field=f"utterances[{k}].label")
+                raise DataError(f"{source}: dialogue {dialogue.id!r}, utterances[{k}], field 'label': {problem}")
+
+
+def _jsonl_line(path: Path, index: int) -> int:
+    """The 1-based line of the ``index``-th dialogue of a jsonl file, which holds one per non-blank line."""
+    lines = path.read_text(encoding="utf-8-sig").split("\n")
+    return [number for number, line in enumerate(lines, start=1) if line.strip()][index]
 
 
 def label_set(format: str, train_dialogues) -> list[str]:

@@ -36,6 +36,7 @@ from rnnkit.erc.data import (
     neutral_label,
     read_split,
     resolve_format,
+    split_file,
 )
 from rnnkit.erc.encoders import build_encoder, load_encoder
 from rnnkit.erc.losses import class_weights, erc_loss
@@ -85,21 +86,27 @@ def _read_dialogues(source: str | None, format: str, split: str, limit: int | No
     return dialogues if limit is None else dialogues[:limit]
 
 
-def _where(source: str | None, split: str) -> str:
-    return f"{source or 'built-in corpus'} ({split} split)"
+def _where(source: str | None, format: str, split: str):
+    """The file of ``split`` that errors name, or the built-in corpus."""
+    return f"built-in corpus ({split} split)" if format == "builtin" else split_file(source, split, format)
 
 
 def load_data(source: str | None = None, format: str | None = None, limit: int | None = None) -> RunData:
     """Read the train, dev and test splits of the dataset in directory ``source`` (None: the built-in corpus),
     detecting its format unless given; ``limit`` keeps the first dialogues of each split. The labels come from the
-    format (or the train split for jsonl); a dev or test label outside them is a :class:`DataError`."""
+    format (or the train split for jsonl); a split without labels, or a dev or test label outside them, is a
+    :class:`DataError` naming the file, so that every input is checked before a run writes anything.
+    ``RunData.source`` is the absolute path of ``source``, which a run directory records so that it can be
+    evaluated or resumed from any working directory."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be None or an integer >= 1, got {limit!r}")
     format = resolve_format(source, format)
+    source = None if source is None else str(Path(source).resolve())
     splits = {split: _read_dialogues(source, format, split, limit) for split in SPLITS}
+    check_labels(splits["train"], None, _where(source, format, "train"))
     labels = label_set(format, splits["train"])
     for split in ("dev", "test"):
-        check_labels(splits[split], labels, _where(source, split))
+        check_labels(splits[split], labels, _where(source, format, split))
     return RunData(source, format, limit, labels, splits)
 
 
@@ -145,13 +152,31 @@ def train_run(directory, data: RunData | None = None, model: ERCConfig | None = 
             encoder = load_encoder(model_config, directory)
         else:
             encoder = build_encoder(model_config, data.splits["train"])
-    except ValueError as err:  # not a model directory, a layer the model lacks, a model changed since the run began
-        raise RunError(str(err)) from None
+    except (ValueError, OSError) as err:  # not a model directory, a missing or damaged vocab.json, a layer the
+        raise RunError(str(err)) from None  # model lacks, a model changed since the run began
+    except RuntimeError as err:
+        raise _unbuildable(err) from None
     for split in ("dev", "test"):
         encoder.prepare(data.splits[split], split)
-    erc_model = ERCModel(model_config, encoder)
+    try:
+        erc_model = ERCModel(model_config, encoder)
+    except RuntimeError as err:
+        raise _unbuildable(err) from None
     label_index = {label: i for i, label in enumerate(data.labels)}
     monitor = metric_name(data.format)
+
+    def evaluate(m):
+        scores = score(m, data.splits["dev"], data.labels, data.format)
+        return {k: v for k, v in scores.items() if isinstance(v, float)}
+
+    weights = class_weights(data.splits["train"], data.labels, trainer_config.class_weighting)  # (L,) or None
+    loop = Trainer(erc_model, data.splits["train"], lambda items: collate_dialogues(items, encoder, label_index),
+                   functools.partial(erc_loss, weights=weights, label_smoothing=trainer_config.label_smoothing,
+                                     contrastive=trainer_config.contrastive),
+                   evaluate, monitor, trainer_config, directory,
+                   param_groups=erc_model.param_groups(trainer_config.lr), item_size=encoder.num_tokens)
+    if resume_from_checkpoint:
+        loop.restore()  # a checkpoint that cannot be resumed stops here, before config.json is rewritten
     if info.is_main:
         if not resume:
             try:
@@ -165,17 +190,6 @@ def train_run(directory, data: RunData | None = None, model: ERCConfig | None = 
             "data": data.source, "format": data.format, "limit": data.limit, "labels": data.labels,
             "model": model_config.to_dict(), "trainer": dataclasses.asdict(trainer_config),
         })
-
-    def evaluate(m):
-        scores = score(m, data.splits["dev"], data.labels, data.format)
-        return {k: v for k, v in scores.items() if isinstance(v, float)}
-
-    weights = class_weights(data.splits["train"], data.labels, trainer_config.class_weighting)  # (L,) or None
-    loop = Trainer(erc_model, data.splits["train"], lambda items: collate_dialogues(items, encoder, label_index),
-                   functools.partial(erc_loss, weights=weights, label_smoothing=trainer_config.label_smoothing,
-                                     contrastive=trainer_config.contrastive),
-                   evaluate, monitor, trainer_config, directory,
-                   param_groups=erc_model.param_groups(trainer_config.lr), item_size=encoder.num_tokens)
     result = loop.fit(resume=resume_from_checkpoint)
     if not info.is_main:
         return {}
@@ -193,6 +207,11 @@ def train_run(directory, data: RunData | None = None, model: ERCConfig | None = 
     return metrics
 
 
+def _unbuildable(err: RuntimeError) -> RunError:
+    """The error for a model whose sizes torch cannot allocate (or even represent), e.g. a hidden size of 10**12."""
+    return RunError(f"cannot build the model with these sizes ({str(err).strip().splitlines()[0]})")
+
+
 def evaluate_runs(runs: Sequence[Run], split: str = "test", source: str | None = None,
                   format: str | None = None) -> dict:
     """Score ``runs`` (one, or an ensemble averaging their probabilities) on ``split`` of the dataset in
@@ -204,7 +223,7 @@ def evaluate_runs(runs: Sequence[Run], split: str = "test", source: str | None =
     else:
         format, limit = resolve_format(source, format), None
     dialogues = _read_dialogues(source, format, split, limit)
-    check_labels(dialogues, first.labels, _where(source, split))
+    check_labels(dialogues, first.labels, _where(source, format, split))
     for member in runs:
         member.model.encoder.prepare(dialogues, split)
     return {"data": source, "format": format, "split": split,

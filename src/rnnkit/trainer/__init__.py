@@ -40,13 +40,14 @@ seeding, RNG states) and :mod:`~rnnkit.trainer.files` (atomic writes, safetensor
 
 from rnnkit.trainer.checkpoint import CHECKPOINT_DIR, STATE_FILE, WEIGHTS_FILE, CheckpointError
 from rnnkit.trainer.config import TrainerConfig
-from rnnkit.trainer.distributed import DistInfo, dist_info, init_distributed, seed_everything
+from rnnkit.trainer.distributed import DistInfo, dist_info, init_distributed, resolve_device, seed_everything
 from rnnkit.trainer.files import atomic_write_bytes, load_weights, save_weights
 from rnnkit.trainer.loop import DivergenceError, Trainer, TrainResult
 from rnnkit.trainer.schedule import SCHEDULES, lr_factor
 
 __all__ = [
     "Trainer", "TrainerConfig", "TrainResult", "CheckpointError", "DivergenceError", "lr_factor", "SCHEDULES",
-    "WEIGHTS_FILE", "CHECKPOINT_DIR", "STATE_FILE", "DistInfo", "dist_info", "init_distributed", "seed_everything",
+    "WEIGHTS_FILE", "CHECKPOINT_DIR", "STATE_FILE", "DistInfo", "dist_info", "init_distributed", "resolve_device",
+    "seed_everything",
     "atomic_write_bytes", "save_weights", "load_weights",
 ]

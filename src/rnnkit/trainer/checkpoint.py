@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from rnnkit.trainer.config import TrainerConfig
 from rnnkit.trainer.distributed import set_rng_state
-from rnnkit.trainer.files import atomic_write_bytes, load_weights, save_weights
+from rnnkit.trainer.files import atomic_write_bytes, save_weights
 
 __all__ = ["WEIGHTS_FILE", "CHECKPOINT_DIR", "STATE_FILE", "CheckpointError", "Progress", "save_checkpoint",
            "load_checkpoint"]
@@ -38,6 +39,9 @@ WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "trainer_state.pt"
 
+# What every trainer_state.pt holds ("scheduler" and the average's entries came later or only with ema).
+_STATE_KEYS = ("epoch", "last_weights", "best_weights", "best_epoch", "best_score", "history", "optimizer", "rng",
+               "config")
 # TrainerConfig fields a resumed run must share with the checkpoint to replay the same epochs.
 _REPLAY_FIELDS = ("batch_size", "lr", "weight_decay", "grad_clip", "seed", "warmup", "schedule", "token_budget", "ema")
 
@@ -107,10 +111,7 @@ def load_checkpoint(out_dir: str | os.PathLike | None, *, model: nn.Module, aver
     state_path = ckpt / STATE_FILE
     if not state_path.is_file():
         raise CheckpointError(f"{state_path}: no checkpoint to resume from")
-    try:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError) as err:
-        raise CheckpointError(f"{state_path}: damaged checkpoint ({err})") from None
+    state = _read_state(state_path)
     if len(state["rng"]) != world_size:
         raise CheckpointError(f"{state_path}: written by {len(state['rng'])} process(es), resumed with {world_size}")
     defaults = asdict(TrainerConfig())  # a field newer than the checkpoint had its default then
@@ -121,13 +122,43 @@ def load_checkpoint(out_dir: str | os.PathLike | None, *, model: nn.Module, aver
         raise CheckpointError(f"{state_path}: written with {was}; resuming needs the same settings")
     if state["epoch"] > config.epochs:
         raise CheckpointError(f"{state_path}: already at epoch {state['epoch']} > epochs={config.epochs}")
-    load_weights(model, ckpt / state["last_weights"])
+    _read_weights(ckpt / state["last_weights"], into=model)
     if average is not None:
-        load_weights(average.module, ckpt / state["average_weights"])
+        _read_weights(ckpt / state["average_weights"], into=average.module)
         average.n_averaged.fill_(state["average_updates"])
-    best_state = load_safetensors((ckpt / state["best_weights"]).read_bytes())
-    optimizer.load_state_dict(state["optimizer"])
+    best_state = _read_weights(ckpt / state["best_weights"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"][rank])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{state_path}: damaged checkpoint (optimizer or RNG state: {err})") from None
     if "scheduler" in state:  # the optimizer state holds the next step's rates; the schedule goes on from there
         scheduler.last_epoch = state["scheduler"]["step"]
-    set_rng_state(state["rng"][rank])
     return Progress(state["epoch"], state["history"], state["best_epoch"], state["best_score"], best_state)
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """The contents of ``trainer_state.pt``; :class:`CheckpointError` when it is unreadable or lacks an entry."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, pickle.UnpicklingError, EOFError, ValueError):
+        raise CheckpointError(f"{path}: damaged checkpoint (not a state file torch.save wrote)") from None
+    missing = [key for key in _STATE_KEYS if key not in state] if isinstance(state, dict) else list(_STATE_KEYS)
+    if missing or not isinstance(state["rng"], list) or not isinstance(state["config"], dict):
+        raise CheckpointError(f"{path}: damaged checkpoint (no valid {', '.join(map(repr, missing or _STATE_KEYS))})")
+    return state
+
+
+def _read_weights(path: Path, into: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint's weight file, loaded ``into`` a module when given (strictly);
+    :class:`CheckpointError` naming the file when it is missing, damaged or of another model."""
+    try:
+        tensors = load_safetensors(path.read_bytes())
+        if into is not None:
+            into.load_state_dict(tensors, strict=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; the checkpoint is incomplete") from None
+    except (OSError, SafetensorError, RuntimeError) as err:
+        reason = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: damaged checkpoint weights ({reason})") from None
+    return tensors

@@ -12,6 +12,9 @@ from rnnkit.trainer.schedule import SCHEDULES
 
 __all__ = ["TrainerConfig"]
 
+# The devices the trainer runs on (fused AdamW, DDP with gloo or NCCL); "meta", "xla" and the like are refused.
+_DEVICE_TYPES = ("cpu", "cuda", "mps")
+
 
 @dataclass
 class TrainerConfig:
@@ -75,10 +78,14 @@ class TrainerConfig:
         check_number("TrainerConfig", "contrastive", self.contrastive, lambda w: math.isfinite(w) and w >= 0,
                      "a finite number >= 0")
         check_number("TrainerConfig", "ema", self.ema, lambda d: 0 <= d < 1, "a number in [0, 1)")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"TrainerConfig.seed must be an integer >= 0, got {self.seed!r}")
+        # numpy seeds take 32 bits, and the batch-order generator a 64-bit seed * 100_003 + epoch.
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"TrainerConfig.seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
         if self.device != "auto":
             try:
-                torch.device(self.device)
-            except (RuntimeError, ValueError) as err:
-                raise ValueError(f"TrainerConfig.device must be 'auto' or a torch device, got {self.device!r}") from err
+                kind = torch.device(self.device).type
+            except (RuntimeError, ValueError):
+                kind = None
+            if kind not in _DEVICE_TYPES:
+                raise ValueError(f"TrainerConfig.device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', "
+                                 f"got {self.device!r}")

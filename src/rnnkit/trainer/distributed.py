@@ -11,7 +11,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "dist_info", "init_distributed", "seed_everything", "rng_state", "set_rng_state"]
+__all__ = ["DistInfo", "dist_info", "init_distributed", "resolve_device", "seed_everything", "rng_state",
+           "set_rng_state"]
 
 
 class DistInfo(NamedTuple):
@@ -42,6 +43,27 @@ def init_distributed() -> DistInfo:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist_info()
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device ``name`` stands for on this process: "auto" is this rank's GPU when CUDA is available, else the
+    CPU; a bare "cuda" is this rank's GPU too. A :class:`ValueError` when this machine lacks the device, so that
+    a run can refuse it before it writes anything."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: CUDA is not available here (torch {torch.__version__}); "
+                             "use --device cpu")
+        index = local_rank if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"numbered from 0; rank {local_rank} needs cuda:{index}")
+        return torch.device("cuda", index)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: MPS is not available here; use --device cpu")
+    return device
 
 
 def seed_everything(seed: int) -> None:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from rnnkit.batching import budget_batches
 from rnnkit.trainer.checkpoint import WEIGHTS_FILE, Progress, load_checkpoint, save_checkpoint
 from rnnkit.trainer.config import TrainerConfig
-from rnnkit.trainer.distributed import dist_info, rng_state, seed_everything
+from rnnkit.trainer.distributed import dist_info, resolve_device, rng_state, seed_everything
 from rnnkit.trainer.files import save_weights
 from rnnkit.trainer.schedule import lr_factor
 
@@ -79,7 +79,8 @@ class Trainer:
         if cfg.token_budget is not None and self.item_size is None:
             raise ValueError("TrainerConfig.token_budget needs Trainer.item_size (the tokens of a training item)")
         self.ranks = dist_info()
-        self.device = self._resolve_device()
+        self.device = resolve_device(cfg.device, self.ranks.local_rank)
+        self._restored: Progress | None = None
         self.model.to(self.device)  # moves parameters in place: the objects in param_groups stay valid
         self._sizes = None if cfg.token_budget is None else [int(self.item_size(x)) for x in self.train_items]
         groups = [dict(g) for g in self.param_groups] if self.param_groups is not None else self.model.parameters()
@@ -100,14 +101,17 @@ class Trainer:
         else:
             self.wrapped = self.model
 
-    def _resolve_device(self) -> torch.device:
-        if self.config.device != "auto":
-            return torch.device(self.config.device)
-        if torch.cuda.is_available():
-            return torch.device("cuda", self.ranks.local_rank)
-        return torch.device("cpu")
-
     # ----------------------------------------------------------------------------------------------
+    def restore(self) -> Progress:
+        """Load the last checkpoint in ``out_dir`` into the model, optimizer, schedule and RNGs (once) and return
+        where it stands; :class:`CheckpointError` when it cannot be resumed. ``fit(resume=True)`` calls it; call it
+        first to check a checkpoint before writing anything else into ``out_dir``."""
+        if self._restored is None:
+            self._restored = load_checkpoint(
+                self.out_dir, model=self.model, average=self.average, optimizer=self.optimizer,
+                scheduler=self.scheduler, config=self.config, rank=self.ranks.rank, world_size=self.ranks.world_size)
+        return self._restored
+
     def fit(self, *, resume: bool = False) -> TrainResult:
         """Run the remaining epochs (all of them, or those after the checkpoint when ``resume``).
 
@@ -119,9 +123,7 @@ class Trainer:
         best_epoch, best_score, best_state = 0, -math.inf, None
         start = 0
         if resume:
-            start, history, best_epoch, best_score, best_state = load_checkpoint(
-                self.out_dir, model=self.model, average=self.average, optimizer=self.optimizer,
-                scheduler=self.scheduler, config=self.config, rank=self.ranks.rank, world_size=self.ranks.world_size)
+            start, history, best_epoch, best_score, best_state = self.restore()
         else:
             # Each rank draws its own dropout masks; rank 0 of a single-process run uses ``seed`` itself.
             seed_everything(cfg.seed + self.ranks.rank)
