@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -300,18 +299,6 @@ def test_a_finetuned_run_reloads_its_encoder_and_reproduces_its_metrics(tmp_path
     evaluated = json.loads(output.read_text())
     for key in ("weighted_f1", "accuracy", "report", "confusion"):
         assert evaluated[key] == saved[key], key
-
-
-def test_torchrun_two_processes(tmp_path):
-    out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "rnnkit.cli", "train", "--out", str(out), "--epochs", "1", *SMALL, "--device", "cpu", "--ema", "0.9"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    for name in RUN_FILES:
-        assert (out / name).is_file(), name
-    assert done.stdout.count("best epoch 1") == 1  # only rank 0 reports
 
 
 # -- bad input: one line on stderr, exit status 2, nothing lost ----------------------------------------------------

@@ -15,17 +15,30 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch.distributed as dist
 
 from rnnkit.cli._errors import CLIError
-from rnnkit.erc import ABLATIONS, FORMATS, ERCConfig, RunData, load_data, metric_name, train_run
+from rnnkit.erc import ABLATIONS, FORMATS, DataError, ERCConfig, RunData, RunError, load_data, metric_name, train_run
 from rnnkit.erc.runs import CONFIG_FILE, read_json
-from rnnkit.trainer import CHECKPOINT_DIR, SCHEDULES, DistInfo, TrainerConfig, init_distributed, resolve_device
+from rnnkit.trainer import (
+    CHECKPOINT_DIR,
+    SCHEDULES,
+    CheckpointError,
+    DistInfo,
+    DivergenceError,
+    TrainerConfig,
+    init_distributed,
+    resolve_device,
+)
 
 __all__ = ["add_parser", "run"]
+
+# The errors ``rnnkit`` reports as one line; under torchrun rank 0 alone prints them.
+_ERRORS = (CLIError, DataError, RunError, CheckpointError, DivergenceError)
 
 # Flags that --resume accepts; every other setting comes from the run's config.json.
 _RESUMABLE = ("epochs", "device", "quiet")
@@ -150,9 +163,58 @@ class _Plan:
 
 def run(args: argparse.Namespace) -> int:
     info = init_distributed()
+    lost = (f"another process of the run stopped; {args.out} holds the last complete checkpoint: continue "
+            "with --resume")
+    if info.world_size > 1:  # torchrun ends the other processes with SIGTERM when one of them fails
+
+        def stopped(signum, frame):
+            raise CLIError(f"rank {info.rank}: stopped by torchrun: {lost}")
+
+        signal.signal(signal.SIGTERM, stopped)
+    try:
+        return _train(args, info)
+    except _ERRORS as err:
+        if info.is_main:
+            raise  # reported once, by rank 0; every rank exits with the same status
+        return 1 if isinstance(err, DivergenceError) else 2
+    except RuntimeError as err:
+        if info.world_size == 1 or not _collective_failed(err):
+            raise
+        raise CLIError(f"rank {info.rank}: {lost} ({str(err).strip().splitlines()[0]})") from None
+    finally:
+        if info.world_size > 1:
+            dist.destroy_process_group()  # a process that exits with its group still up aborts (SIGABRT)
+
+
+def _collective_failed(err: RuntimeError) -> bool:
+    """Whether ``err`` is a collective (a gradient reduction, a broadcast) that lost one of its processes: gloo
+    raises a plain RuntimeError naming its transport, NCCL a DistError."""
+    return isinstance(err, dist.DistError) or "gloo" in str(err)
+
+
+def _train(args: argparse.Namespace, info: DistInfo) -> int:
     given = vars(args)
     out = Path(args.out)
     variants = list(ABLATIONS) if given.get("ablation") else [None]
+    failure = None
+    try:
+        data, plans = _plan(out, variants, given, info)
+    except _ERRORS as err:
+        failure = err
+    # Every rank has validated its input before rank 0 writes anything, and learns whether any rank failed.
+    failure = _first_failure(failure, info)
+    if failure is not None:
+        raise failure
+    results = {}
+    for plan in plans:
+        results[plan.directory.name] = train_run(plan.directory, data, plan.model, plan.trainer, resume=plan.saved)
+    if info.is_main:
+        _report(results, data.format, ablation=variants != [None])
+    return 0
+
+
+def _plan(out: Path, variants, given, info: DistInfo) -> tuple[RunData, list[_Plan]]:
+    """Check the flags, the run directory, the data and the device, and plan the runs; nothing is written."""
     for directory in [out] + [out / v for v in variants if v is not None]:
         if directory.exists() and not directory.is_dir():
             raise CLIError(f"{directory}: exists and is not a directory; --out must name a run directory")
@@ -168,14 +230,17 @@ def run(args: argparse.Namespace) -> int:
         resolve_device(plans[0].trainer.device, info.local_rank)
     except ValueError as err:
         raise CLIError(str(err)) from None
-    # Every rank has validated its input before rank 0 writes anything.
-    _barrier(info)
-    results = {}
-    for plan in plans:
-        results[plan.directory.name] = train_run(plan.directory, data, plan.model, plan.trainer, resume=plan.saved)
-    if info.is_main:
-        _report(results, data.format, ablation=variants != [None])
-    return 0
+    return data, plans
+
+
+def _first_failure(failure: Exception | None, info: DistInfo) -> Exception | None:
+    """The first rank's error of the checks (``failure`` of this rank alone in a single process), so that all
+    ranks stop together, even when only one of them failed (its device, say), rather than wait for each other."""
+    if info.world_size == 1:
+        return failure
+    failures: list[Exception | None] = [None] * info.world_size
+    dist.all_gather_object(failures, failure)
+    return next((f for f in failures if f is not None), None)
 
 
 def _check_writable(out: Path) -> None:
@@ -249,11 +314,6 @@ def _read_data(source: str | None, format: str | None, limit: int | None) -> Run
     if limit is not None and limit < 1:
         raise CLIError(f"--limit must be an integer >= 1, got {limit}")
     return load_data(source, format, limit)
-
-
-def _barrier(info: DistInfo) -> None:
-    if info.world_size > 1:
-        dist.barrier()
 
 
 def _report(results: dict[str, dict], format: str, *, ablation: bool) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ from rnnkit.erc.encoders import build_encoder, load_encoder
 from rnnkit.erc.losses import class_weights, erc_loss
 from rnnkit.erc.metrics import compute_metrics
 from rnnkit.erc.model import ERCConfig, ERCModel, collate_dialogues
-from rnnkit.erc.plots import confusion_png, curves_png
+from rnnkit.erc.plots import class_curves_png, class_scores_png, confusion_png, curves_png
 from rnnkit.erc.runs import CONFIG_FILE, EVAL_BATCH_SIZE, Run, RunError, predict_probabilities, seal_run, write_json
 from rnnkit.trainer import (
     CHECKPOINT_DIR,
@@ -56,7 +57,8 @@ from rnnkit.trainer import (
 from rnnkit.trainer.files import remove_temporaries
 
 __all__ = [
-    "ABLATIONS", "METRICS_FILE", "CONFUSION_PNG", "CURVES_PNG", "RunData", "load_data", "train_run", "score",
+    "ABLATIONS", "METRICS_FILE", "CONFUSION_PNG", "CURVES_PNG", "CLASS_SCORES_PNG", "CLASS_CURVES_PNG", "CLASS_F1",
+    "RunData", "load_data", "train_run", "score",
     "evaluate_runs", "predict_records", "PREDICT_WINDOW",
 ]
 
@@ -65,6 +67,10 @@ ABLATIONS = {"full": {}, "no_context": {"use_context": False}, "no_speaker": {"u
 METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
 CURVES_PNG = "training_curve.png"
+CLASS_SCORES_PNG = "class_scores.png"
+CLASS_CURVES_PNG = "class_f1_curve.png"
+# Key of a class's dev F1 (percent) in each epoch of the history, beside the averaged scores (never the monitor).
+CLASS_F1 = "f1/{}"
 # Utterances predict_records labels at a time: a few MB of records, and enough to keep batching efficient.
 PREDICT_WINDOW = 4096
 
@@ -167,14 +173,22 @@ def train_run(directory, data: RunData | None = None, model: ERCConfig | None = 
 
     def evaluate(m):
         scores = score(m, data.splits["dev"], data.labels, data.format)
-        return {k: v for k, v in scores.items() if isinstance(v, float)}
+        return ({k: v for k, v in scores.items() if isinstance(v, float)}
+                | {CLASS_F1.format(label): 100 * scores["report"][label]["f1-score"] for label in data.labels})
 
     weights = class_weights(data.splits["train"], data.labels, trainer_config.class_weighting)  # (L,) or None
+
+    def loss_weight(dialogue: Dialogue) -> float:
+        """What the dialogue adds to erc_loss's denominator: its labeled utterances, each at its class weight."""
+        labeled = [label_index[u.label] for u in dialogue.utterances if u.label is not None]
+        return float(len(labeled) if weights is None else weights[labeled].sum())
+
     loop = Trainer(erc_model, data.splits["train"], lambda items: collate_dialogues(items, encoder, label_index),
                    functools.partial(erc_loss, weights=weights, label_smoothing=trainer_config.label_smoothing,
                                      contrastive=trainer_config.contrastive),
                    evaluate, monitor, trainer_config, directory,
-                   param_groups=erc_model.param_groups(trainer_config.lr), item_size=encoder.num_tokens)
+                   param_groups=erc_model.param_groups(trainer_config.lr), item_size=encoder.num_tokens,
+                   item_weight=loss_weight)
     if resume_from_checkpoint:
         loop.restore()  # a checkpoint that cannot be resumed stops here, before config.json is rewritten
     if info.is_main:
@@ -203,6 +217,12 @@ def train_run(directory, data: RunData | None = None, model: ERCConfig | None = 
     atomic_write_bytes(directory / CONFUSION_PNG,
                        confusion_png(metrics["test"]["confusion"], data.labels, f"test confusion ({directory.name})"))
     atomic_write_bytes(directory / CURVES_PNG, curves_png(result.history, monitor, result.best_epoch))
+    atomic_write_bytes(directory / CLASS_SCORES_PNG, class_scores_png(metrics["test"]["report"], data.labels,
+                                                                      f"test scores per class ({directory.name})"))
+    class_f1 = {label: [record.get(CLASS_F1.format(label), math.nan) for record in result.history]  # NaN: an epoch
+                for label in data.labels}  # resumed from a checkpoint written before per-class scores were kept
+    atomic_write_bytes(directory / CLASS_CURVES_PNG, class_curves_png([record["epoch"] for record in result.history],
+                                                                      class_f1, result.best_epoch))
     seal_run(directory)
     return metrics
 

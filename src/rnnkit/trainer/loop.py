@@ -59,6 +59,11 @@ class Trainer:
     a checkpoint is written after every epoch and ``fit(resume=True)`` continues from the last one.
     ``param_groups`` (default: one group of all parameters) are handed to AdamW as they are: a group's
     ``"lr"`` overrides ``config.lr``. ``item_size`` is required with ``config.token_budget``.
+
+    ``item_weight(item) -> float`` says how much an item counts in the mean that ``loss_fn`` takes over a batch
+    (default 1: a mean over items; for a loss averaged over labeled utterances, the item's labeled utterances).
+    Under several processes each rank's loss is scaled by its share of its global batch's weight, so that the
+    gradient DDP averages is that of the whole batch's mean, as one process would compute it.
     """
 
     model: nn.Module
@@ -71,6 +76,7 @@ class Trainer:
     out_dir: str | os.PathLike | None = None
     param_groups: Sequence[Mapping[str, Any]] | None = None
     item_size: Callable[[Any], int] | None = None
+    item_weight: Callable[[Any], float] | None = None
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -83,6 +89,8 @@ class Trainer:
         self._restored: Progress | None = None
         self.model.to(self.device)  # moves parameters in place: the objects in param_groups stay valid
         self._sizes = None if cfg.token_budget is None else [int(self.item_size(x)) for x in self.train_items]
+        self._weights = [1.0] * len(self.train_items) if self.item_weight is None else [
+            float(self.item_weight(x)) for x in self.train_items]
         groups = [dict(g) for g in self.param_groups] if self.param_groups is not None else self.model.parameters()
         # The fused kernel updates all parameters in one pass: 6x faster than the per-tensor loop on CPU for a
         # 22M-parameter transformer, where the step was a tenth of a fine-tuning step.
@@ -167,47 +175,56 @@ class Trainer:
         return torch.randperm(len(self.train_items), generator=generator).tolist()
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        """This rank's batches of epoch ``epoch``, padded so every rank takes as many steps.
-
-        With a token budget the whole permutation is packed first and the batches are shared out, so that
-        every rank packs the same way; otherwise the items are shared out, then cut into ``batch_size``.
-        """
-        cfg, world = self.config, self.ranks.world_size
+        """The global batches of epoch ``epoch``, the same on every rank: the permutation cut into ``batch_size``
+        items, or packed under the token budget (which then bounds a global batch, about 1/world per rank)."""
+        cfg = self.config
         order = self._permutation(epoch)
         if cfg.token_budget is not None:
-            batches = budget_batches(order, self._sizes, cfg.token_budget, cfg.batch_size)
-            if world > 1:
-                batches += batches[: (-len(batches)) % world]
-                batches = batches[self.ranks.rank :: world]
-            return batches
-        if world > 1:
-            order += order[: (-len(order)) % world]
-            order = order[self.ranks.rank :: world]
+            return budget_batches(order, self._sizes, cfg.token_budget, cfg.batch_size)
         return [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+
+    def _share(self, batch: list[int]) -> tuple[list[int], float]:
+        """This rank's items of a global batch (every world-th one, from its rank) and their share of its weight.
+
+        A rank left without items (a batch smaller than the world) still takes a step, as DDP needs every rank in
+        each gradient reduction: it computes the batch's first item with share 0.
+        """
+        world, rank = self.ranks.world_size, self.ranks.rank
+        if world == 1:
+            return batch, 1.0
+        mine = batch[rank::world]
+        if not mine:
+            return batch[:1], 0.0
+        total = sum(self._weights[i] for i in batch)
+        share = sum(self._weights[i] for i in mine) / total if total else len(mine) / len(batch)
+        return mine, share
 
     def _train_epoch(self, epoch: int) -> float:
         cfg = self.config
         self.wrapped.train()
         batches = self._epoch_batches(epoch)
         show = not cfg.quiet and self.ranks.is_main and sys.stderr.isatty()
-        losses = []  # detached, so the loop never waits for the device to report a number
-        for indices in tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, disable=not show):
+        losses = []  # this rank's part of each global batch's loss, detached: the loop never waits for the device
+        for batch_indices in tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+                                  disable=not show):
+            indices, share = self._share(batch_indices)
             batch = _to_device(self.collate([self.train_items[i] for i in indices]), self.device)
             loss = self.loss_fn(self.wrapped, batch)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages the ranks' gradients: world * share turns that average into the gradient of the global
+            # batch's mean loss (the ranks' own means weighted by their shares); exactly 1 in a single process.
+            (loss * (share * self.ranks.world_size)).backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
             if self.average is not None:
                 self.average.update_parameters(self.model)
-            losses.append(loss.detach())
-        count = torch.tensor(float(len(losses)), dtype=torch.float64, device=self.device)
-        total = torch.stack([torch.stack(losses).double().sum(), count])  # (sum of batch losses, batches)
+            losses.append(loss.detach() * share)
+        total = torch.stack(losses).double().sum()  # the sum of the global batches' losses, once reduced
         if self.ranks.world_size > 1:
             dist.all_reduce(total)  # on the device: NCCL reduces CUDA tensors only
-        return float(total[0] / total[1])
+        return float(total / len(batches))
 
     def _evaluate(self) -> dict[str, float]:
         """Dev scores from rank 0, shared with every rank so that all agree on the best epoch."""
