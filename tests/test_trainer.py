@@ -200,6 +200,20 @@ def test_resume_from_a_damaged_checkpoint_raises(tmp_path):
         _trainer(tmp_path, epochs=3).fit(resume=True)
 
 
+def test_resume_with_another_thread_count_warns_once(tmp_path, capsys):
+    _trainer(tmp_path, epochs=1).fit()
+    _trainer(tmp_path, epochs=2).fit(resume=True)
+    assert "warning" not in capsys.readouterr().err
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        _trainer(tmp_path, epochs=3).fit(resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    warning, = capsys.readouterr().err.strip().splitlines()
+    assert warning.startswith("rnnkit: warning: ") and f"written with {threads} CPU thread(s)" in warning
+
+
 # -- moving average of the weights --------------------------------------------------------------------------
 
 

@@ -3,7 +3,8 @@
 Every model flag sets the ERCConfig field of the same name and every optimisation flag the
 TrainerConfig field; a flag left out keeps the dataclass default. ``--resume`` takes all settings from
 the run's config.json (only --epochs, --device and --quiet may be given) and continues from the last
-checkpoint. Under ``torchrun`` the processes share the training dialogues; rank 0 writes every file.
+checkpoint. Under ``torchrun`` the processes share the training dialogues, ``--batch-size`` being the global
+batch; rank 0 writes every file and reports errors, once.
 ``--finetune`` trains a transformer encoder with the model, at its own ``--encoder-lr`` (the model's
 parameter groups), and the run's model.safetensors then holds the fine-tuned encoder; ``--token-budget``
 bounds the encoder tokens of a batch so that memory stays bounded whatever the dialogue lengths.

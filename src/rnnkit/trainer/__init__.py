@@ -29,8 +29,9 @@ the average that is evaluated, chosen as the best epoch and saved as ``model.saf
 goes on training the raw weights, which the epoch files keep for resuming.
 
 Multi-process training: under ``torchrun`` call :func:`init_distributed` first; the trainer then wraps the model
-in ``DistributedDataParallel``, gives each rank an equal share of every epoch's permutation
-(as ``DistributedSampler`` does), evaluates on rank 0 and broadcasts the scores, and only rank 0 writes
+in ``DistributedDataParallel``, cuts every epoch's permutation into global batches of ``batch_size`` items and
+gives each rank every world-th item of each, its loss weighted by its share (``item_weight``) so that the averaged
+gradient is a single process's; it evaluates on rank 0 and broadcasts the scores, and only rank 0 writes
 files or draws progress bars.
 
 Modules: :mod:`~rnnkit.trainer.loop` (:class:`Trainer`), :mod:`~rnnkit.trainer.config` (:class:`TrainerConfig`),

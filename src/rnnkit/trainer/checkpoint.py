@@ -9,7 +9,9 @@ Files (under the trainer's ``out_dir``), each written atomically (see :mod:`rnnk
 
 ``trainer_state.pt`` is written last and is the commit point: a run interrupted between two writes
 resumes from the previous complete epoch. It also holds the RNG states of every process and the
-:class:`TrainerConfig`, so a resumed run replays the next epochs exactly, and refuses settings that would not.
+:class:`TrainerConfig`, so a resumed run replays the next epochs exactly, and refuses settings that would not;
+and the number of CPU threads, as torch's kernels sum in an order that depends on it: resuming with another
+number prints a warning, since the weights then differ from an uninterrupted run's by float rounding.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -90,6 +93,7 @@ def save_checkpoint(out_dir: str | os.PathLike, progress: Progress, *, model: nn
         "scheduler": {"step": scheduler.last_epoch},
         "rng": list(rng),
         "config": asdict(config),
+        "threads": torch.get_num_threads(),  # the CPU kernels' summation order, and so the last digits, follow it
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -122,6 +126,11 @@ def load_checkpoint(out_dir: str | os.PathLike | None, *, model: nn.Module, aver
         raise CheckpointError(f"{state_path}: written with {was}; resuming needs the same settings")
     if state["epoch"] > config.epochs:
         raise CheckpointError(f"{state_path}: already at epoch {state['epoch']} > epochs={config.epochs}")
+    threads = state.get("threads", torch.get_num_threads())  # older checkpoints did not record it
+    if rank == 0 and threads != torch.get_num_threads():
+        print(f"rnnkit: warning: {state_path}: written with {threads} CPU thread(s), resumed with "
+              f"{torch.get_num_threads()}: the weights will differ from an uninterrupted run's in the last digits",
+              file=sys.stderr)
     _read_weights(ckpt / state["last_weights"], into=model)
     if average is not None:
         _read_weights(ckpt / state["average_weights"], into=average.module)
