@@ -20,7 +20,7 @@ from rnnkit.cli._output import open_output
 from rnnkit.erc import iter_file, load_runs, predict_records
 from rnnkit.erc.recipe import PREDICT_WINDOW
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "add_input_arguments", "run"]
 
 # Seconds of predicting before a progress bar appears (on a terminal only): short inputs finish without one.
 PROGRESS_DELAY = 2.0
@@ -49,15 +49,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--run", required=True, nargs="+", metavar="RUN_DIR",
                         help="a directory written by 'rnnkit train'; several: average their class probabilities")
-    parser.add_argument("--input", required=True, metavar="FILE", help="dialogues to label")
-    parser.add_argument("--format", choices=("meld", "emorynlp", "dailydialog", "jsonl"),
-                        help="input format (default: from the file name and header)")
-    parser.add_argument("--features", metavar="FILE",
-                        help="for a run trained on precomputed features: the .npy/.pt rows of the input utterances")
+    add_input_arguments(parser, "dialogues to label")
     parser.add_argument("--output", metavar="FILE",
                         help="JSONL file to write, in an existing directory (default: stdout)")
     parser.set_defaults(func=run)
     return parser
+
+
+def add_input_arguments(parser: argparse.ArgumentParser, help: str) -> None:
+    """--input, --format and --features: a file of dialogues read with :func:`rnnkit.erc.iter_file` (also what
+    ``rnnkit explain`` reads)."""
+    parser.add_argument("--input", required=True, metavar="FILE", help=help)
+    parser.add_argument("--format", choices=("meld", "emorynlp", "dailydialog", "jsonl"),
+                        help="input format (default: from the file name and header)")
+    parser.add_argument("--features", metavar="FILE",
+                        help="for a run trained on precomputed features: the .npy/.pt rows of the input utterances")
 
 
 def run(args: argparse.Namespace) -> int:

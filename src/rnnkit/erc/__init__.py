@@ -10,7 +10,8 @@ Install with ``pip install "rnnkit[erc]"`` (scikit-learn, matplotlib, transforme
   and draws;
 - :mod:`~rnnkit.erc.recipe`: data → encoder → model → :class:`rnnkit.trainer.Trainer` → run directory (what
   ``rnnkit train`` runs), and the scoring and labeling of ``rnnkit evaluate`` and ``rnnkit predict``;
-- :mod:`~rnnkit.erc.runs`: a run directory loaded back to predict from Python.
+- :mod:`~rnnkit.erc.runs`: a run directory loaded back to predict from Python;
+- :mod:`~rnnkit.erc.explain`: what a run's two RNNs carry through a dialogue (what ``rnnkit explain`` draws).
 """
 
 from rnnkit.erc.corpus import BUILTIN_LABELS, builtin_corpus
@@ -33,6 +34,7 @@ from rnnkit.erc.data import (
     write_jsonl,
 )
 from rnnkit.erc.encoders import UtteranceEncoder, build_encoder, load_encoder
+from rnnkit.erc.explain import Explanation, explain_dialogues, lstm_gates, write_explanations
 from rnnkit.erc.fusion import SpeakerHistoryFusion
 from rnnkit.erc.losses import class_weights, erc_loss, supervised_contrastive
 from rnnkit.erc.metrics import compute_metrics
@@ -49,4 +51,5 @@ __all__ = [
     "erc_loss", "class_weights", "supervised_contrastive", "compute_metrics",
     "ABLATIONS", "RunData", "load_data", "train_run", "score", "evaluate_runs", "predict_records",
     "Run", "RunError", "load_run", "load_runs", "predict_probabilities",
+    "Explanation", "explain_dialogues", "lstm_gates", "write_explanations",
 ]
