@@ -483,7 +483,7 @@ def test_a_damaged_run_directory(run_dir, tmp_path, capsys):
     assert "not a run directory (no model.safetensors)" in _error_line(capsys)
     (damaged / "model.safetensors").write_bytes(b"not weights")
     assert main(argv) == 2
-    assert "model.safetensors: cannot load the weights" in _error_line(capsys)
+    assert "model.safetensors: the weights differ from those the run was trained with" in _error_line(capsys)
     (damaged / "config.json").write_text("{")
     assert main(argv) == 2
     assert "config.json: not valid JSON" in _error_line(capsys)

@@ -94,6 +94,13 @@ def test_a_run_without_digests_loads_unchecked(run_dir, copy):
     assert load_run(copy).labels == reordered
 
 
+def test_damaged_weights_of_a_run_without_digests_are_refused(copy):
+    _edit_config(copy, lambda config: config.pop("sha256"))
+    (copy / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(RunError, match=r"model.safetensors: cannot load the weights"):
+        load_run(copy)
+
+
 def test_a_malformed_digests_field_is_refused(copy):
     _edit_config(copy, lambda config: config.update(sha256=["not", "a", "mapping"]))
     with pytest.raises(RunError, match=r"config.json: field 'sha256' must map names to sha256 digests"):
