@@ -27,11 +27,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rnnkit._checks import check_number
 from rnnkit.erc.data import DataError, Dialogue
 from rnnkit.erc.encoders import UtteranceEncoder
 from rnnkit.erc.fusion import SpeakerHistoryFusion
 from rnnkit.layers import LSTM
+from rnnkit.trainer.config import check_number
 
 __all__ = ["ERCConfig", "ERCModel", "DialogueBatch", "collate_dialogues", "IGNORE_INDEX"]
 

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from rnnkit._checks import check_number
 from rnnkit.trainer.schedule import SCHEDULES
 
-__all__ = ["TrainerConfig"]
+__all__ = ["TrainerConfig", "check_number"]
 
 # The devices the trainer runs on (fused AdamW, DDP with gloo or NCCL); "meta", "xla" and the like are refused.
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def check_number(owner: str, name: str, value, ok: Callable[[float], bool], expected: str) -> None:
+    """Raise ``ValueError("{owner}.{name} must be {expected}, got {value!r}")`` unless ``value`` is an int or
+    float (not a bool) for which ``ok(value)`` holds: the field check of this and the task's config dataclasses."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+        raise ValueError(f"{owner}.{name} must be {expected}, got {value!r}")
 
 
 @dataclass
