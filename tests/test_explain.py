@@ -146,3 +146,11 @@ def test_bad_input_is_one_line_and_writes_nothing(run_dir, tmp_path, monkeypatch
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("rnnkit: error: ") and expected in err
     assert not (tmp_path / "pictures").exists()
+
+
+def test_an_input_without_dialogues_draws_nothing(run_dir, tmp_path, capsys):
+    (tmp_path / "empty.jsonl").write_text("")
+    argv = ["explain", "--run", str(run_dir), "--input", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    assert "holds no dialogues" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -111,9 +111,9 @@ def lstm_gates(lstm: LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tens
     ``torch.nn.LSTM``) over ``x`` (B, T, D) with ``lengths`` (B,): (n, dirs, B, T, 3), zero past each length.
 
     Computed from the layer's parameters (``weight_ih_l{k}``, ``weight_hh_l{k}``, the biases and ``weight_hr_l{k}``,
-    ``_reverse`` for the backward direction) with the equations of the module docstring, as in eval mode (no
-    dropout between layers): each layer reads the previous layer's outputs, the backward direction starts at each
-    sequence's own end.
+    with the suffix ``_reverse`` for the backward direction) with the equations of the module docstring, as in eval
+    mode (no dropout between layers): each layer reads the previous layer's outputs, and the backward direction
+    starts at each sequence's own end.
     """
     if not lstm.batch_first:
         raise ValueError("lstm_gates needs a batch_first LSTM")
