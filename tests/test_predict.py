@@ -155,7 +155,7 @@ def test_an_output_directory_without_write_permission_is_refused(tmp_path, capsy
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("rnnkit.trainer.files.tempfile.mkstemp", refuse)
+    monkeypatch.setattr("rnnkit.atomic.tempfile.mkstemp", refuse)
     output = tmp_path / "out.json"
     assert main(_argv(command, tmp_path, output)) == 2
     assert _error_line(capsys) == f"rnnkit: error: {output}: cannot write the output (Permission denied)"

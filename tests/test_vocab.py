@@ -1,5 +1,6 @@
 import doctest
 import json
+import os
 from collections import Counter
 
 import pytest
@@ -189,3 +190,12 @@ def test_word_tokenize_keeps_every_non_space_character():
 def test_docstring_examples():
     results = doctest.testmod(rnnkit.vocab)
     assert results.attempted > 0 and results.failed == 0
+
+
+def test_save_gives_the_mode_of_a_plain_open_and_leaves_no_temporary(tmp_path):
+    old = os.umask(0o022)
+    try:
+        Vocab.build([["a", "b"]]).save(tmp_path / "vocab.json")
+    finally:
+        os.umask(old)
+    assert [(p.name, p.stat().st_mode & 0o777) for p in tmp_path.iterdir()] == [("vocab.json", 0o644)]

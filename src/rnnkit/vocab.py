@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from rnnkit.atomic import atomic_write_bytes
 
 __all__ = [
     "PAD",
@@ -131,17 +132,9 @@ class Vocab:
         return [self.id_to_token(i) for i in ids if not (skip_pad and int(i) == PAD)]
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the vocabulary as JSON, atomically: a crash never leaves a half-written file."""
-        path = Path(path)
-        payload = json.dumps({"tokens": self._itos}, ensure_ascii=False, indent=0)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(payload)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        """Write the vocabulary as JSON, atomically (:func:`rnnkit.atomic.atomic_write_bytes`): a crash never leaves
+        a half-written file."""
+        atomic_write_bytes(path, json.dumps({"tokens": self._itos}, ensure_ascii=False, indent=0).encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocab:

@@ -50,7 +50,6 @@ from rnnkit.erc._encoder_base import ENCODER_FILE, PassThroughEncoder, Utterance
 from rnnkit.erc.data import DataError, Dialogue
 from rnnkit.erc.pretrained import TrainableTransformerEncoder, TransformerEncoder, default_cache_dir, resolve_model_dir
 from rnnkit.layers import LSTM
-from rnnkit.trainer.files import file_mode
 from rnnkit.vocab import PAD, Vocab, char_tokenize, word_tokenize
 
 __all__ = [
@@ -100,9 +99,7 @@ class TokenEncoder(UtteranceEncoder):
 
     def save(self, run_dir):
         super().save(run_dir)
-        path = Path(run_dir) / VOCAB_FILE
-        self.vocab.save(path)
-        os.chmod(path, file_mode())  # Vocab.save (the torch-only library) leaves mkstemp's 0600
+        self.vocab.save(Path(run_dir) / VOCAB_FILE)
 
 
 class FeaturesEncoder(PassThroughEncoder):
