@@ -32,7 +32,8 @@ from rnnkit.trainer import TrainerConfig
 SMALL = ["--limit", "8", "--embedding-dim", "8", "--encoder-hidden", "8", "--context-hidden", "8",
          "--speaker-hidden", "8", "--batch-size", "4", "--quiet"]
 RUN_FILES = ("config.json", "encoder.json", "vocab.json", "model.safetensors", "metrics.json",
-             "confusion_matrix.png", "training_curve.png", "checkpoint/trainer_state.pt")
+             "confusion_matrix.png", "training_curve.png", "class_scores.png", "class_f1_curve.png",
+             "checkpoint/trainer_state.pt")
 
 
 def _train(out: Path, *extra: str, epochs: int = 2) -> int:

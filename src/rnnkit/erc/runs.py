@@ -9,6 +9,8 @@ A run directory holds::
     metrics.json            dev and test scores (percent), per-class report, per-epoch history
     confusion_matrix.png    test-split confusion matrix
     training_curve.png      train loss and dev score per epoch
+    class_scores.png        test-split precision, recall and F1 per class
+    class_f1_curve.png      dev F1 per class per epoch
     checkpoint/             the last epoch, for ``rnnkit train --resume``
 
 :func:`load_run` rebuilds the model of such a directory; :meth:`Run.predict` and :meth:`Run.probabilities`
