@@ -16,14 +16,13 @@ Shapes: T time steps, B sequences, D input features, H hidden units.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 
 import onnxruntime as ort
 import torch
+from timing import measure  # bench/timing.py (a script's own directory is on its import path)
 
 import rnnkit
 from rnnkit.export import export_onnx
@@ -36,18 +35,6 @@ KINDS = {
     "LayerNormLSTM": rnnkit.LayerNormLSTM,
 }
 
-
-def measure(calls: dict, repeats: int) -> dict:
-    """Median seconds of each zero-argument callable, timed round-robin after one warm-up call."""
-    times = {name: [] for name in calls}
-    for call in calls.values():
-        call()
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def bench(kind: str, T: int, B: int, H: int, threads: int, repeats: int,

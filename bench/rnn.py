@@ -18,10 +18,10 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
-import statistics
 import time
 
 import torch
+from timing import measure  # bench/timing.py (a script's own directory is on its import path)
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -31,18 +31,6 @@ from rnnkit.packing import Packing
 
 THREADS = 2
 
-
-def measure(calls: dict, repeats: int) -> dict:
-    """Median seconds of each zero-argument callable, timed round-robin after one warm-up call."""
-    times = {name: [] for name in calls}
-    for call in calls.values():
-        call()
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def gemm_peak(n: int = 2048, repeats: int = 10, onednn: bool = False) -> float | None:
