@@ -26,6 +26,7 @@ from rnnkit.erc import (
     builtin_corpus,
     write_jsonl,
 )
+from rnnkit.erc.recipe import PRESETS, features_preset, tokens_preset
 from rnnkit.trainer import TrainerConfig
 
 # Tiny settings: every CLI training here takes a few seconds.
@@ -236,9 +237,49 @@ def test_resume_continues_to_the_uninterrupted_result(tmp_path):
         assert all((wf[k] == ws[k]).all() for k in wf), name
 
 
+def test_a_run_starts_from_its_encoder_preset_and_the_flags_given_override_it(run_dir, tmp_path, capsys):
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["preset"] == "tokens"
+    preset = tokens_preset()
+    assert config["trainer"]["patience"] == preset["patience"] and config["trainer"]["lr"] == preset["lr"]
+    assert config["trainer"]["epochs"] == 2 and config["trainer"]["batch_size"] == 4  # given: they override
+    assert _train(tmp_path / "run", "--preset", "features", "--patience", "1") == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line == f"preset features: {_flags(features_preset())} (given instead: --epochs --patience --batch-size)"
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["preset"] == "features" and config["trainer"]["patience"] == 1
+    assert (config["trainer"]["ema"], config["trainer"]["class_weighting"]) == (0.98, 0.5)
+
+
+def test_patience_stops_a_run_early_and_resume_keeps_its_preset(tmp_path, capsys):
+    assert _train(tmp_path / "run", "--patience", "1", epochs=8) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    epochs = len(metrics["history"])
+    assert epochs == 8 or epochs == metrics["best_epoch"] + 1
+    capsys.readouterr()
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--quiet"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"resuming {tmp_path / 'run'} (preset tokens)"
+    again = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert again["history"] == metrics["history"] and again["test"] == metrics["test"]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["preset"] == "tokens"
+
+
+def test_help_lists_every_preset_with_its_values(capsys):
+    assert main(["train", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for name, build in PRESETS.items():
+        assert f"{name} {build.__doc__.split(': ')[0]} {_flags(build())}" in out, name
+
+
+def _flags(settings: dict) -> str:
+    return " ".join(f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                    for k, v in settings.items())
+
+
 def test_ablation_trains_three_variants_and_prints_a_table(tmp_path, capsys):
     assert main(["train", "--ablation", "--out", str(tmp_path / "abl"), "--epochs", "1", *SMALL]) == 0
-    rows = capsys.readouterr().out.strip().splitlines()
+    preset, *rows = capsys.readouterr().out.strip().splitlines()
+    assert preset.startswith("preset tokens: --epochs ") and preset.endswith(" (given instead: --epochs --batch-size)")
     assert rows[0].split() == ["variant", "dev", "weighted_f1", "test", "weighted_f1"]
     for row, variant in zip(rows[1:], ("full", "no_context", "no_speaker")):
         metrics = json.loads((tmp_path / "abl" / variant / "metrics.json").read_text())

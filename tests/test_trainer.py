@@ -44,7 +44,7 @@ def _loss(model, batch):
     return nn.functional.cross_entropy(model(x), y)
 
 
-def _trainer(out_dir=None, epochs=3, seed=0, dev=None, ema=0.0):
+def _trainer(out_dir=None, epochs=3, seed=0, dev=None, ema=0.0, patience=0):
     dev = dev or _items(16, seed=8)
     x_dev, y_dev = _collate(dev)
 
@@ -52,7 +52,7 @@ def _trainer(out_dir=None, epochs=3, seed=0, dev=None, ema=0.0):
         accuracy = (model(x_dev).argmax(-1) == y_dev).float().mean().item() * 100
         return {"accuracy": accuracy, "neg_loss": -_loss(model, (x_dev, y_dev)).item()}
 
-    config = TrainerConfig(epochs=epochs, batch_size=5, lr=1e-2, seed=seed, quiet=True, ema=ema)
+    config = TrainerConfig(epochs=epochs, batch_size=5, lr=1e-2, seed=seed, quiet=True, ema=ema, patience=patience)
     return Trainer(_model(), _items(), _collate, _loss, evaluate, "neg_loss", config, out_dir)
 
 
@@ -134,6 +134,62 @@ def test_resume_of_a_finished_run_returns_its_result(tmp_path):
     assert again.fit(resume=True) == first
 
 
+# -- early stopping -------------------------------------------------------------------------------------------
+
+# A dev curve that peaks at epoch 2, ties it at epoch 4 (a tie is no improvement) and rises again from epoch 6.
+_CURVE = [1.0, 3.0, 2.0, 3.0, 2.5, 5.0, 6.0, 7.0]
+
+
+def _scripted(trainer: Trainer, done: int = 0) -> Trainer:
+    """``trainer`` with the dev score of epoch e set to ``_CURVE[e - 1]``, from epoch ``done + 1`` on; an epoch
+    past the curve cannot be scored."""
+    scores = iter(_CURVE[done:])
+    trainer.evaluate = lambda model: {"neg_loss": next(scores)}
+    return trainer
+
+
+def test_patience_stops_after_that_many_epochs_without_a_higher_dev_score(tmp_path):
+    trainer = _scripted(_trainer(tmp_path, epochs=len(_CURVE), patience=3))
+    result = trainer.fit()
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5]
+    assert (result.best_epoch, result.best_score) == (2, 3.0)
+    assert torch.load(tmp_path / CHECKPOINT_DIR / STATE_FILE, weights_only=True)["epoch"] == 5
+    # The weights kept are the best epoch's, as a run of two epochs ends with them.
+    two = _scripted(_trainer(epochs=2))
+    two.fit()
+    _assert_same_weights(trainer.model, two.model)
+    saved = _model()
+    load_weights(saved, tmp_path / WEIGHTS_FILE)
+    _assert_same_weights(saved, two.model)
+
+
+def test_patience_0_runs_all_epochs():
+    result = _scripted(_trainer(epochs=len(_CURVE), patience=0)).fit()
+    assert [h["epoch"] for h in result.history] == list(range(1, len(_CURVE) + 1))
+    assert result.best_epoch == len(_CURVE)
+
+
+def test_a_patience_longer_than_the_dips_trains_to_the_cap():
+    result = _scripted(_trainer(epochs=len(_CURVE), patience=4)).fit()
+    assert len(result.history) == len(_CURVE) and result.best_epoch == len(_CURVE)
+
+
+def test_early_stopping_resumed_matches_an_uninterrupted_run(tmp_path):
+    full = _scripted(_trainer(tmp_path / "full", epochs=len(_CURVE), patience=3))
+    full_result = full.fit()
+    # Interrupted after epoch 4 (two epochs without improvement: the counter is not saved, but derived).
+    _scripted(_trainer(tmp_path / "split", epochs=4, patience=3)).fit()
+    resumed = _scripted(_trainer(tmp_path / "split", epochs=len(_CURVE), patience=3), done=4)
+    assert resumed.fit(resume=True) == full_result
+    _assert_same_weights(resumed.model, full.model)
+    # A run that had stopped ends at once when resumed: no epoch is trained or scored again.
+    again = _scripted(_trainer(tmp_path / "full", epochs=len(_CURVE), patience=3), done=len(_CURVE))
+    assert again.fit(resume=True) == full_result
+    # More patience on resume trains on from the checkpoint, as an uninterrupted run with that patience would.
+    longer = _scripted(_trainer(tmp_path / "full", epochs=len(_CURVE), patience=4), done=5)
+    assert longer.fit(resume=True) == _scripted(_trainer(epochs=len(_CURVE), patience=4)).fit()
+
+
 def test_resume_without_checkpoint_raises(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
         _trainer(tmp_path).fit(resume=True)
@@ -161,6 +217,7 @@ def test_empty_training_set_raises():
     "kwargs, message",
     [
         ({"epochs": 0}, "TrainerConfig.epochs must be an integer >= 1, got 0"),
+        ({"patience": -1}, "TrainerConfig.patience must be an integer >= 0, got -1"),
         ({"batch_size": 2.5}, "TrainerConfig.batch_size must be an integer >= 1, got 2.5"),
         ({"lr": 0.0}, "TrainerConfig.lr must be a finite number > 0, got 0.0"),
         ({"grad_clip": -1.0}, "TrainerConfig.grad_clip must be a finite number >= 0, got -1.0"),
@@ -259,7 +316,7 @@ def test_resume_of_a_checkpoint_older_than_a_setting_takes_its_default(tmp_path)
     _trainer(tmp_path / "split", epochs=2).fit()
     path = tmp_path / "split" / CHECKPOINT_DIR / STATE_FILE
     state = torch.load(path, weights_only=True)
-    del state["config"]["ema"]
+    del state["config"]["ema"], state["config"]["patience"]
     torch.save(state, path)
     resumed = _trainer(tmp_path / "split", epochs=3)
     assert resumed.fit(resume=True) == _trainer(tmp_path / "full", epochs=3).fit(resume=True)

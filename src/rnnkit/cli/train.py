@@ -8,6 +8,9 @@ batch; rank 0 writes every file and reports errors, once.
 ``--finetune`` trains a transformer encoder with the model, at its own ``--encoder-lr`` (the model's
 parameter groups), and the run's model.safetensors then holds the fine-tuned encoder; ``--token-budget``
 bounds the encoder tokens of a batch so that memory stays bounded whatever the dialogue lengths.
+A run starts from a preset (:data:`rnnkit.erc.recipe.PRESETS`: the measured settings of the encoder's kind, or
+``--preset NAME``) and every flag given overrides the preset's value; the run prints the preset's name and values
+and records its name in config.json.
 This module maps the flags onto the two configurations and plans the runs; :func:`rnnkit.erc.train_run` trains.
 """
 
@@ -17,6 +20,7 @@ import argparse
 import dataclasses
 import os
 import signal
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +28,7 @@ import torch.distributed as dist
 
 from rnnkit.cli._errors import CLIError
 from rnnkit.erc import ABLATIONS, FORMATS, DataError, ERCConfig, RunData, RunError, load_data, metric_name, train_run
+from rnnkit.erc.recipe import PRESETS, preset_for
 from rnnkit.erc.runs import CONFIG_FILE, read_json
 from rnnkit.trainer import (
     CHECKPOINT_DIR,
@@ -42,20 +47,19 @@ __all__ = ["add_parser", "run"]
 _ERRORS = (CLIError, DataError, RunError, CheckpointError, DivergenceError)
 
 # Flags that --resume accepts; every other setting comes from the run's config.json.
-_RESUMABLE = ("epochs", "device", "quiet")
+_RESUMABLE = ("epochs", "patience", "device", "quiet")
 
 _MODEL_FLAGS = ("encoder", "embedding_dim", "encoder_hidden", "context_hidden", "speaker_hidden", "num_layers",
                 "dropout", "min_freq", "max_tokens", "cache_dir", "finetune", "speaker_in_text",
                 "context_turns", "encoder_layers", "encoder_lr", "encoder_lr_decay")
 _TRAINER_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "seed", "device", "warmup", "schedule",
-                  "token_budget", "class_weighting", "label_smoothing", "contrastive", "ema")
+                  "token_budget", "class_weighting", "label_smoothing", "contrastive", "ema", "patience")
 
 EXAMPLES = """examples:
   rnnkit train --ablation --out runs/builtin            # built-in corpus: full / no_context / no_speaker
-  rnnkit train --data data/meld --encoder minilm --encoder-layers 1,2,3,4,5 --epochs 10 --class-weighting 0.5 \\
-      --ema 0.98 --out runs/meld
-  rnnkit train --data data/meld --encoder minilm --finetune --encoder-lr 5e-5 --lr 1e-3 --warmup 0.1 \\
-      --schedule linear --token-budget 2048 --class-weighting 0.5 --out runs/meld-ft   # train MiniLM too
+  rnnkit train --data data/meld --encoder minilm --out runs/meld               # the frozen preset
+  rnnkit train --data data/meld --encoder minilm --finetune --out runs/meld-ft  # the finetune preset: MiniLM too
+  rnnkit train --data data/meld --encoder minilm --ema 0 --patience 0 --epochs 10 --out runs/meld-10
   rnnkit train --data data/dd --format dailydialog --no-context --out runs/dd
   rnnkit train --resume --out runs/meld                 # continue an interrupted run
   torchrun --nproc_per_node 2 -m rnnkit.cli train --out runs/ddp
@@ -64,6 +68,34 @@ EXAMPLES = """examples:
 
 def _default(cls, name: str):
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _flag_text(name: str, value) -> str:
+    """``--name value`` as it is typed (a tuple of layers as K,K,...)."""
+    text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return f"--{name.replace('_', '-')} {text}"
+
+
+def _preset_flags(settings: dict) -> str:
+    return " ".join(_flag_text(name, value) for name, value in settings.items())
+
+
+def _presets_help() -> str:
+    """The presets' section of --help, generated from the builder functions: each one's purpose and values."""
+    lines = ["presets (--preset NAME; default: by --encoder and --finetune; the flags given override them):"]
+    for name, build in PRESETS.items():
+        lines.append(f"  {name:<9} {build.__doc__.split(': ')[0]}")  # each docstring opens "what for: why"
+        lines.append(textwrap.fill(_preset_flags(build()), 110, initial_indent=" " * 12, subsequent_indent=" " * 12,
+                                   break_on_hyphens=False))
+    return "\n".join(lines) + "\n"
+
+
+def _set_by_preset(cls, name: str) -> str:
+    """The help text of a flag's default: the dataclass default, and whether a preset replaces it."""
+    default = _default(cls, name)
+    if any(name in build() for build in PRESETS.values()):
+        return f"(default: the preset's, else {default})"
+    return f"(default: {default})"
 
 
 def _layer_list(text: str) -> tuple[int, ...]:
@@ -80,7 +112,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Train a speaker-aware ERC model (or the ablation trio) into a run directory.\n"
         "Model flags set the ERCConfig field of the same name, training flags the TrainerConfig field;\n"
         "a flag left out keeps the default. --resume takes every setting from the run's config.json.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS,
+        epilog=_presets_help() + "\n" + EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS,
     )
     data = parser.add_argument_group("data")
     data.add_argument("--data", metavar="DIR", help="dataset directory (default: the built-in synthetic corpus)")
@@ -94,7 +126,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        ("speaker_hidden", int), ("num_layers", int), ("dropout", float), ("min_freq", int),
                        ("max_tokens", int)):
         model.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar=kind.__name__.upper(),
-                           help=f"(default: {_default(ERCConfig, name)})")
+                           help=_set_by_preset(ERCConfig, name))
     model.add_argument("--cache-dir", metavar="DIR", help="cache for transformer sentence vectors")
     model.add_argument("--finetune", action="store_true",
                        help="train the transformer encoder with the model (no vector cache)")
@@ -104,9 +136,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        help="a transformer encoder reads each utterance with the N turns before it (default: 0)")
     model.add_argument("--encoder-layers", type=_layer_list, metavar="K,K,...",
                        help="a transformer encoder's utterance vector: the mean of these layers' hidden states, "
-                       "pooled (0 the embeddings, -1 the last; default: the model's own sentence vector)")
+                       "pooled (0 the embeddings, -1 the last; default: the preset's, else the model's own sentence "
+                       "vector)")
     model.add_argument("--encoder-lr", type=float, metavar="FLOAT",
-                       help=f"learning rate of the fine-tuned encoder (default: {_default(ERCConfig, 'encoder_lr')})")
+                       help="learning rate of the fine-tuned encoder " + _set_by_preset(ERCConfig, "encoder_lr"))
     model.add_argument("--encoder-lr-decay", type=float, metavar="FLOAT",
                        help="layer-wise decay of the encoder's learning rate: each layer below the top trains at "
                        "this times the rate of the one above, the embeddings last "
@@ -120,17 +153,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     for name, kind in (("epochs", int), ("batch_size", int), ("lr", float), ("weight_decay", float),
                        ("grad_clip", float), ("seed", int)):
         optim.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar=kind.__name__.upper(),
-                           help=f"(default: {_default(TrainerConfig, name)})")
+                           help=_set_by_preset(TrainerConfig, name))
+    optim.add_argument("--patience", type=int, metavar="N",
+                       help="stop after N epochs without a higher dev score, --epochs being the cap; 0 trains all "
+                       "--epochs " + _set_by_preset(TrainerConfig, "patience"))
     optim.add_argument("--warmup", type=float, metavar="FRACTION",
                        help="fraction of the steps with a linear learning-rate warm-up "
-                       f"(default: {_default(TrainerConfig, 'warmup')})")
+                       + _set_by_preset(TrainerConfig, "warmup"))
     optim.add_argument("--schedule", choices=SCHEDULES,
-                       help=f"learning-rate decay after the warm-up (default: {_default(TrainerConfig, 'schedule')})")
+                       help="learning-rate decay after the warm-up " + _set_by_preset(TrainerConfig, "schedule"))
     optim.add_argument("--token-budget", type=int, metavar="INT",
-                       help="most tokens per batch (with at most --batch-size dialogues; default: no limit)")
+                       help="most tokens per batch, with at most --batch-size dialogues "
+                       + _set_by_preset(TrainerConfig, "token_budget"))
     optim.add_argument("--class-weighting", type=float, metavar="POWER",
                        help="weigh each class's loss by (its frequency / the mean) ** -POWER: 0.5 inverse square "
-                       "root, 1 inverse frequency (default: 0, plain cross-entropy)")
+                       "root, 1 inverse frequency, 0 plain cross-entropy " + _set_by_preset(TrainerConfig, "class_weighting"))
     optim.add_argument("--label-smoothing", type=float, metavar="FLOAT",
                        help="mix this much of the uniform distribution into each target label "
                        f"(default: {_default(TrainerConfig, 'label_smoothing')})")
@@ -139,11 +176,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        f"(default: {_default(TrainerConfig, 'contrastive')}, none)")
     optim.add_argument("--ema", type=float, metavar="DECAY",
                        help="evaluate and save an exponential moving average of the weights, updated after every "
-                       f"step with this decay, e.g. 0.99 (default: {_default(TrainerConfig, 'ema')}, none)")
+                       "step with this decay, e.g. 0.99; 0 none " + _set_by_preset(TrainerConfig, "ema"))
     optim.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     optim.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
     run_group = parser.add_argument_group("run")
+    run_group.add_argument("--preset", choices=PRESETS,
+                           help="start from these settings (listed below; default: the encoder's)")
     run_group.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
     run_group.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
     run_group.add_argument("--ablation", action="store_true",
@@ -154,12 +193,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 @dataclass
 class _Plan:
-    """One model to train: its directory and settings; ``saved``: its config.json already exists (resuming)."""
+    """One model to train: its directory and settings; ``saved``: its config.json already exists (resuming);
+    ``preset``: the name of the preset its settings started from (None: a run older than presets)."""
 
     directory: Path
     model: ERCConfig
     trainer: TrainerConfig
     saved: bool
+    preset: str | None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -199,23 +240,27 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
     variants = list(ABLATIONS) if given.get("ablation") else [None]
     failure = None
     try:
-        data, plans = _plan(out, variants, given, info)
+        data, plans, preset_line = _plan(out, variants, given, info)
     except _ERRORS as err:
         failure = err
     # Every rank has validated its input before rank 0 writes anything, and learns whether any rank failed.
     failure = _first_failure(failure, info)
     if failure is not None:
         raise failure
+    if info.is_main:
+        print(preset_line, flush=True)
     results = {}
     for plan in plans:
-        results[plan.directory.name] = train_run(plan.directory, data, plan.model, plan.trainer, resume=plan.saved)
+        results[plan.directory.name] = train_run(plan.directory, data, plan.model, plan.trainer, resume=plan.saved,
+                                                 preset=plan.preset)
     if info.is_main:
         _report(results, data.format, ablation=variants != [None])
     return 0
 
 
-def _plan(out: Path, variants, given, info: DistInfo) -> tuple[RunData, list[_Plan]]:
-    """Check the flags, the run directory, the data and the device, and plan the runs; nothing is written."""
+def _plan(out: Path, variants, given, info: DistInfo) -> tuple[RunData, list[_Plan], str]:
+    """Check the flags, the run directory, the data and the device, and plan the runs; nothing is written.
+    Also returns the line that says which preset the runs use."""
     for directory in [out] + [out / v for v in variants if v is not None]:
         if directory.exists() and not directory.is_dir():
             raise CLIError(f"{directory}: exists and is not a directory; --out must name a run directory")
@@ -225,13 +270,19 @@ def _plan(out: Path, variants, given, info: DistInfo) -> tuple[RunData, list[_Pl
                        "drop --no-context/--no-speaker")
     if given.get("resume"):
         data, plans = _resume_plans(out, variants, given)
+        preset = plans[0].preset
+        line = f"resuming {out} (preset {preset})" if preset else f"resuming {out}"
     else:
         data, plans = _fresh_plans(out, variants, given)
+        preset = plans[0].preset
+        overridden = [f"--{name.replace('_', '-')}" for name in PRESETS[preset]() if name in given]
+        line = (f"preset {preset}: {_preset_flags(PRESETS[preset]())}"
+                + (f" (given instead: {' '.join(overridden)})" if overridden else ""))
     try:
         resolve_device(plans[0].trainer.device, info.local_rank)
     except ValueError as err:
         raise CLIError(str(err)) from None
-    return data, plans
+    return data, plans, line
 
 
 def _first_failure(failure: Exception | None, info: DistInfo) -> Exception | None:
@@ -262,12 +313,15 @@ def _fresh_plans(out: Path, variants, given) -> tuple[RunData, list[_Plan]]:
         if (directory / CONFIG_FILE).exists() or (directory / CHECKPOINT_DIR).exists():
             raise CLIError(f"{directory}: already holds a run; pass --resume to continue it or choose another --out")
     data = _read_data(given.get("data"), given.get("format"), given.get("limit"))
-    trainer = _config(TrainerConfig, {k: given[k] for k in _TRAINER_FLAGS + ("quiet",) if k in given})
-    fields = {k: given[k] for k in _MODEL_FLAGS + ("use_context", "use_speaker") if k in given}
+    preset = given.get("preset") or preset_for(given.get("encoder", _default(ERCConfig, "encoder")),
+                                               given.get("finetune", False))
+    settings = PRESETS[preset]() | given
+    trainer = _config(TrainerConfig, {k: settings[k] for k in _TRAINER_FLAGS + ("quiet",) if k in settings})
+    fields = {k: settings[k] for k in _MODEL_FLAGS + ("use_context", "use_speaker") if k in settings}
     plans = []
     for variant in variants:
         model = _config(ERCConfig, {"num_labels": len(data.labels), **fields, **ABLATIONS.get(variant, {})})
-        plans.append(_Plan(out if variant is None else out / variant, model, trainer, False))
+        plans.append(_Plan(out if variant is None else out / variant, model, trainer, False, preset))
     return data, plans
 
 
@@ -292,7 +346,7 @@ def _resume_plans(out: Path, variants, given) -> tuple[RunData, list[_Plan]]:
         source = saved or base
         model = _config(ERCConfig, {**source["model"], **ABLATIONS.get(variant, {})})
         trainer = _config(TrainerConfig, {**source["trainer"], **overrides})
-        plans.append(_Plan(directory, model, trainer, saved is not None))
+        plans.append(_Plan(directory, model, trainer, saved is not None, source.get("preset")))
     return data, plans
 
 

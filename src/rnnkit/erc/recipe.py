@@ -23,9 +23,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rnnkit.erc.data import (
     SPLITS,
@@ -57,6 +58,7 @@ from rnnkit.trainer import (
 from rnnkit.trainer.files import remove_temporaries
 
 __all__ = [
+    "PRESETS", "preset_for", "tokens_preset", "features_preset", "frozen_preset", "finetune_preset",
     "ABLATIONS", "METRICS_FILE", "CONFUSION_PNG", "CURVES_PNG", "CLASS_SCORES_PNG", "CLASS_CURVES_PNG", "CLASS_F1",
     "RunData", "load_data", "train_run", "score",
     "evaluate_runs", "predict_records", "PREDICT_WINDOW",
@@ -73,6 +75,47 @@ CLASS_CURVES_PNG = "class_f1_curve.png"
 CLASS_F1 = "f1/{}"
 # Utterances predict_records labels at a time: a few MB of records, and enough to keep batching efficient.
 PREDICT_WINDOW = 4096
+
+
+# -- presets: the measured settings per encoder kind (see BENCHMARKS.md), as ERCConfig and TrainerConfig fields ----
+
+def tokens_preset() -> dict[str, Any]:
+    """words and chars encoders, embeddings trained from scratch: trained until dev stops improving."""
+    return {"epochs": 20, "patience": 3, "lr": 3e-3, "dropout": 0.3, "batch_size": 16}
+
+
+def features_preset() -> dict[str, Any]:
+    """features:FILE vectors, fixed: class-weighted loss and a moving average of the weights, which gained most on
+    MELD's dev split over frozen sentence vectors, trained until dev stops improving."""
+    return {"epochs": 30, "patience": 5, "lr": 3e-3, "dropout": 0.3, "batch_size": 16, "class_weighting": 0.5,
+            "ema": 0.98}
+
+
+def frozen_preset() -> dict[str, Any]:
+    """minilm or a model directory, frozen: the features preset on the mean of transformer layers 1-5, which
+    keeps more of the wording that shows emotion than a sentence-similarity model's last layer."""
+    return features_preset() | {"encoder_layers": (1, 2, 3, 4, 5)}
+
+
+def finetune_preset() -> dict[str, Any]:
+    """a transformer trained with the model (--finetune): the encoder at its own small rate, a warm-up and linear
+    decay over a fixed number of epochs (the decay spans them all, so no early stop), batches capped in tokens to
+    bound memory."""
+    return {"epochs": 5, "patience": 0, "lr": 1e-3, "encoder_lr": 5e-5, "warmup": 0.1, "schedule": "linear",
+            "dropout": 0.3, "batch_size": 8, "token_budget": 2048, "class_weighting": 0.5}
+
+
+PRESETS: dict[str, Callable[[], dict[str, Any]]] = {
+    "tokens": tokens_preset, "features": features_preset, "frozen": frozen_preset, "finetune": finetune_preset}
+
+
+def preset_for(encoder: str, finetune: bool = False) -> str:
+    """The name of the preset that ``rnnkit train`` uses for ``encoder`` (an ``ERCConfig.encoder``) unless told."""
+    if finetune:
+        return "finetune"
+    if encoder in ("words", "chars"):
+        return "tokens"
+    return "features" if encoder.startswith("features:") else "frozen"
 
 
 @dataclass
@@ -134,14 +177,15 @@ def score(models: ERCModel | Sequence[ERCModel], dialogues: list[Dialogue], labe
 
 
 def train_run(directory, data: RunData | None = None, model: ERCConfig | None = None,
-              trainer: TrainerConfig | None = None, *, resume: bool = False) -> dict:
+              trainer: TrainerConfig | None = None, *, resume: bool = False, preset: str | None = None) -> dict:
     """Train one model on ``data`` (default: the built-in corpus) into the run directory ``directory`` and return
     what it writes to metrics.json: dev and test scores, the best epoch and the per-epoch history.
 
     ``model`` defaults to ``ERCConfig(num_labels=len(data.labels))``, ``trainer`` to ``TrainerConfig()``. With
     ``resume``, ``directory`` already holds this run's config.json and encoder: the encoder is loaded rather than
     built, and training continues from the checkpoint when there is one (a run stopped before its first checkpoint
-    starts over). Without it, whatever run ``directory`` holds is overwritten.
+    starts over). Without it, whatever run ``directory`` holds is overwritten. ``preset``, the name of the
+    :data:`PRESETS` entry the two configurations started from, is recorded in config.json.
 
     Under ``torchrun`` (after :func:`rnnkit.trainer.init_distributed`) every process calls this; rank 0 alone
     writes files, and the other ranks return ``{}``.
@@ -202,7 +246,7 @@ def train_run(directory, data: RunData | None = None, model: ERCConfig | None = 
         # Rewritten on resume too: the number of epochs may have grown.
         write_json(directory / CONFIG_FILE, {
             "data": data.source, "format": data.format, "limit": data.limit, "labels": data.labels,
-            "model": model_config.to_dict(), "trainer": dataclasses.asdict(trainer_config),
+            "model": model_config.to_dict(), "trainer": dataclasses.asdict(trainer_config), "preset": preset,
         })
     result = loop.fit(resume=resume_from_checkpoint)
     if not info.is_main:

@@ -1,5 +1,5 @@
-"""A model-agnostic trainer: AdamW, a warm-up/decay schedule, gradient clipping, best-epoch selection,
-token-budget batches and resumable checkpoints.
+"""A model-agnostic trainer: AdamW, a warm-up/decay schedule, gradient clipping, best-epoch selection, early
+stopping, token-budget batches and resumable checkpoints.
 
 The trainer knows nothing about the model or the task, which plugs in three functions:
 
@@ -15,9 +15,15 @@ Learning rate: every group's rate is multiplied by :func:`lr_factor` at each opt
 warm-up over the first ``warmup`` fraction of all steps and then a constant, linear or cosine decay
 (Loshchilov & Hutter 2017, "SGDR", eq. 5, without restarts) towards 0 at the last step.
 
+Early stopping: with ``TrainerConfig.patience`` = P > 0, training ends once P epochs in a row have not raised the
+best dev ``monitor`` score (``epochs`` is then a cap); the best epoch's weights are kept as always. The learning-rate
+schedule still spans the cap, so a decaying schedule stopped early ends before its decay does.
+
 Determinism: the batch order of epoch ``e`` is a permutation drawn from a generator seeded with
 ``(seed, e)`` alone, and every RNG state (torch, numpy, random) is saved with each checkpoint, so a run
-resumed from epoch ``k`` replays epochs ``k + 1 ...`` exactly as an uninterrupted run would.
+resumed from epoch ``k`` replays epochs ``k + 1 ...`` exactly as an uninterrupted run would. The patience
+counter is not saved: it is the number of epochs since the checkpoint's best epoch, so a resumed run stops where the
+uninterrupted one does, and a run resumed after it stopped early ends at once (or trains on, given more patience).
 
 Checkpoints (when ``out_dir`` is given) are written after every epoch, each file atomically (a temporary
 file in the same directory, then ``os.replace``): ``out_dir/model.safetensors`` holds the best epoch's weights,

@@ -1,5 +1,6 @@
-"""The training loop: AdamW, the learning-rate schedule, gradient clipping, best-epoch selection, token-budget
-batches, weight averaging and a checkpoint after every epoch (see :mod:`rnnkit.trainer` for the whole design).
+"""The training loop: AdamW, the learning-rate schedule, gradient clipping, best-epoch selection, early stopping,
+token-budget batches, weight averaging and a checkpoint after every epoch (see :mod:`rnnkit.trainer` for the whole
+design).
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ class Trainer:
         return self._restored
 
     def fit(self, *, resume: bool = False) -> TrainResult:
-        """Run the remaining epochs (all of them, or those after the checkpoint when ``resume``).
+        """Run the remaining epochs (all of them, or those after the checkpoint when ``resume``), stopping early
+        once ``config.patience`` epochs in a row have not raised the best dev score.
 
         Raises :class:`DivergenceError` after an epoch whose mean training loss is not finite, before that epoch
         is scored or checkpointed, so the last checkpoint on disk is the last finite epoch.
@@ -137,6 +139,12 @@ class Trainer:
             seed_everything(cfg.seed + self.ranks.rank)
 
         for epoch in range(start + 1, cfg.epochs + 1):
+            # Early stopping: the epochs since the best one are the patience counter, so a resumed run (whose
+            # history holds the best epoch) stops where an uninterrupted one would, with no counter to save.
+            if cfg.patience and epoch - 1 - best_epoch >= cfg.patience:
+                self._log(f"early stop after epoch {epoch - 1}: no higher dev {self.monitor} in the "
+                          f"{cfg.patience} epochs after epoch {best_epoch}")
+                break
             train_loss = self._train_epoch(epoch)
             if not math.isfinite(train_loss):
                 raise self._diverged(epoch, train_loss)
