@@ -13,7 +13,8 @@ sorting and packing for a PackedSequence, which rejects length 0); here the grap
 layer's parameters instead, the same for every backend, and also from a ``torch.nn.LSTM`` / ``GRU`` /
 ``RNN``, whose parameters are the same.
 
-It is built with :mod:`onnx.helper` (:mod:`rnnkit._onnx_graph`), one of two ways per kind:
+It is built with :mod:`onnx.helper` (:mod:`rnnkit._onnx_graph`), one of two ways per kind (:func:`append_layer`
+adds the same nodes to a larger graph under construction, a :class:`Graph`):
 
 * ``LSTM`` (without ``proj_size``), ``GRU``, ``RNN`` (tanh and relu): ONNX's own ``LSTM``, ``GRU`` and
   ``RNN`` operators, one per layer, with ``sequence_lens``, which run each sequence to its own length and
@@ -46,7 +47,7 @@ from onnx import TensorProto, helper
 
 from ._onnx_graph import Graph, Steps, operator_layer, scan_layer
 
-__all__ = ["export_onnx", "DEFAULT_OPSET"]
+__all__ = ["export_onnx", "append_layer", "Graph", "DEFAULT_OPSET"]
 
 DEFAULT_OPSET = 17  # the first with LayerNormalization
 _OPERATORS = {"LSTM": ("LSTM", "Tanh"), "GRU": ("GRU", "Tanh"), "RNN_TANH": ("RNN", "Tanh"), "RNN_RELU": ("RNN", "Relu")}
@@ -68,44 +69,28 @@ def export_onnx(layer, path: str | os.PathLike | None, *, initial_state: bool = 
     >>> [node.op_type for node in model.graph.node if node.op_type == "GRU"]
     ['GRU']
     """
-    mode = _check(layer, initial_state, opset)
-    L, dirs, H = layer.num_layers, 2 if layer.bidirectional else 1, layer.hidden_size
-    H_out = layer.proj_size or H
+    mode = _mode(layer)
+    _check_arguments(initial_state, opset)
+    dirs, H_out = 2 if layer.bidirectional else 1, layer.proj_size or layer.hidden_size
+    names, sizes = ("h", "c") if mode in ("LSTM", "LayerNormLSTM") else ("h",), (H_out, layer.hidden_size)
     batch, time = ("B", "T") if layer.batch_first else ("T", "B")
     g = Graph()
     inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, time, layer.input_size]),
               helper.make_tensor_value_info("lengths", TensorProto.INT64, ["B"])]
     x = g.op("Transpose", "input", perm=[1, 0, 2]) if layer.batch_first else "input"  # (T, B, D)
-    steps = Steps(g, "lengths", x)
-
-    names, sizes = ("h", "c") if mode in ("LSTM", "LayerNormLSTM") else ("h",), (H_out, H)
+    states = [f"{name}0" for name in names] if initial_state else None
     if initial_state:
-        states = [f"{name}0" for name in names]
-        inputs += [helper.make_tensor_value_info(s, TensorProto.FLOAT, [L * dirs, "B", size])
+        inputs += [helper.make_tensor_value_info(s, TensorProto.FLOAT, [layer.num_layers * dirs, "B", size])
                    for s, size in zip(states, sizes)]
-    else:
-        states = [steps.zeros(L * dirs, size) for _, size in zip(names, sizes)]
-
-    scan = mode == "LayerNormLSTM" or layer.proj_size > 0
-    finals = []
-    for k in range(L):
-        weights = [_parameters(layer, k, suffix) for suffix in ("", "_reverse")[:dirs]]
-        state = [g.op("Slice", s, g.ints(k * dirs), g.ints((k + 1) * dirs), g.ints(0)) for s in states]  # (dirs, B, ·)
-        if scan:
-            x, layer_finals = scan_layer(g, mode, x, steps, state, weights, H)
-        else:
-            op, activation = _OPERATORS[mode]
-            x, layer_finals = operator_layer(g, op, x, steps, state, weights, H, activation)
-        finals.append(layer_finals)  # x: (T, B, dirs * H_out)
-    if not scan:  # ONNX leaves the operators' output past a length undefined (onnxruntime writes zeros)
-        x = g.op("Where", steps.mask, x, g.const(0.0))
+    x, finals = append_layer(g, layer, x, "lengths", states)  # (T, B, dirs * H_out)
     if layer.batch_first:
         x = g.op("Transpose", x, perm=[1, 0, 2])  # (B, T, dirs * H_out)
     g.op("Identity", x, outputs=["output"])
     outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, time, dirs * H_out])]
-    for i, (name, size) in enumerate(zip(names, sizes)):
-        g.op("Concat", *(f[i] for f in finals), outputs=[f"{name}_n"], axis=0)
-        outputs.append(helper.make_tensor_value_info(f"{name}_n", TensorProto.FLOAT, [L * dirs, "B", size]))
+    for name, size, final in zip(names, sizes, finals):
+        g.op("Identity", final, outputs=[f"{name}_n"])
+        outputs.append(helper.make_tensor_value_info(f"{name}_n", TensorProto.FLOAT,
+                                                     [layer.num_layers * dirs, "B", size]))
 
     graph = helper.make_graph(g.nodes, type(layer).__name__, inputs, outputs, g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="rnnkit")
@@ -115,20 +100,54 @@ def export_onnx(layer, path: str | os.PathLike | None, *, initial_state: bool = 
     return model
 
 
-def _check(layer, initial_state, opset) -> str:
-    """The layer's mode, after checking the arguments of :func:`export_onnx`."""
+def append_layer(g: Graph, layer, x: str, lengths: str, state: list[str] | None = None) -> tuple[str, list[str]]:
+    """Add the nodes of ``layer`` (as :func:`export_onnx` takes it) to the graph ``g`` under construction, for a
+    model that runs a layer inside a larger graph (:mod:`rnnkit.erc.onnx_run` runs three).
+
+    ``x`` names a time-major (T, B, D) float tensor of ``g`` whatever the layer's ``batch_first``, ``lengths``
+    a (B,) int64 one, ``state`` the initial ``[h0(, c0)]`` (each (L * dirs, B, ·); None: zeros). Returns the
+    names of the output (T, B, dirs * H_out), exactly 0 past each length, and of the final states like
+    ``state``: what ``forward(x, hx, lengths=lengths)`` returns, in eval mode.
+    """
+    mode = _mode(layer)
+    L, dirs, H = layer.num_layers, 2 if layer.bidirectional else 1, layer.hidden_size
+    steps = Steps(g, lengths, x)
+    if state is None:
+        sizes = (layer.proj_size or H, H) if mode in ("LSTM", "LayerNormLSTM") else (H,)
+        state = [steps.zeros(L * dirs, size) for size in sizes]
+    scan = mode == "LayerNormLSTM" or layer.proj_size > 0
+    finals = []
+    for k in range(L):
+        weights = [_parameters(layer, k, suffix) for suffix in ("", "_reverse")[:dirs]]
+        layer_state = [g.op("Slice", s, g.ints(k * dirs), g.ints((k + 1) * dirs), g.ints(0)) for s in state]
+        if scan:  # layer_state: each (dirs, B, ·)
+            x, layer_finals = scan_layer(g, mode, x, steps, layer_state, weights, H)
+        else:
+            op, activation = _OPERATORS[mode]
+            x, layer_finals = operator_layer(g, op, x, steps, layer_state, weights, H, activation)
+        finals.append(layer_finals)  # x: (T, B, dirs * H_out)
+    if not scan:  # ONNX leaves the operators' output past a length undefined (onnxruntime writes zeros)
+        x = g.op("Where", steps.mask, x, g.const(0.0))
+    return x, [g.op("Concat", *(f[i] for f in finals), axis=0) for i in range(len(state))]
+
+
+def _mode(layer) -> str:
+    """The layer's mode, after checking that :func:`export_onnx` can write it."""
     mode = getattr(layer, "mode", None)
     if mode not in (*_OPERATORS, "LayerNormLSTM") or not hasattr(layer, "weight_ih_l0"):
         raise TypeError(f"export_onnx takes an rnnkit LSTM, GRU, RNN or LayerNormLSTM, got {type(layer).__name__}")
     if layer.weight_ih_l0.dtype != torch.float32:
         raise ValueError(f"export_onnx writes float32 models: convert the layer with .float() first "
                          f"(its parameters are {layer.weight_ih_l0.dtype})")
+    return mode
+
+
+def _check_arguments(initial_state, opset) -> None:
     if not isinstance(initial_state, bool):
         raise TypeError(f"initial_state should be of type bool, got: {type(initial_state).__name__}")
     newest = onnx.defs.onnx_opset_version()
     if not isinstance(opset, int) or not DEFAULT_OPSET <= opset <= newest:
         raise ValueError(f"opset must be an int from {DEFAULT_OPSET} to {newest} (this onnx's newest), got {opset!r}")
-    return mode
 
 
 def _parameters(layer, k: int, suffix: str) -> dict:

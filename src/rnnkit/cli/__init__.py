@@ -1,4 +1,4 @@
-"""The ``rnnkit`` command line: ``rnnkit train``, ``rnnkit evaluate``, ``rnnkit predict`` and ``rnnkit explain``.
+"""The ``rnnkit`` command line: ``rnnkit train``, ``evaluate``, ``predict``, ``explain`` and ``export``.
 
 Each subcommand lives in its own module with an ``add_parser(subparsers)`` that registers its flags and
 ``set_defaults(func=run)``. Input a user can fix (bad data files, bad flag values, a run directory that is
@@ -39,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     # Imported here, not at the top, so that a missing "erc" extra reaches main() as an error it can report.
-    from rnnkit.cli import evaluate, explain, predict, train
+    from rnnkit.cli import evaluate, explain, export, predict, train
 
     parser = _Parser(
         prog="rnnkit",
@@ -47,13 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  rnnkit train --ablation --out runs/builtin\n"
         "  rnnkit evaluate --run runs/builtin/full --split test\n"
         "  rnnkit predict --run runs/builtin/full --input dialogues.jsonl --output predictions.jsonl\n"
-        "  rnnkit explain --run runs/builtin/full --input dialogues.jsonl --out pictures",
+        "  rnnkit explain --run runs/builtin/full --input dialogues.jsonl --out pictures\n"
+        "  rnnkit export --run runs/builtin/full --out model.onnx",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"rnnkit {__version__} (torch {torch.__version__})")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,explain}",
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,explain,export}",
                                        parser_class=_Parser)
-    for module in (train, evaluate, predict, explain):
+    for module in (train, evaluate, predict, explain, export):
         module.add_parser(subparsers)
     return parser
 

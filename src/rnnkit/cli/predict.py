@@ -1,7 +1,8 @@
 """``rnnkit predict``: label every utterance of a file of dialogues with a trained run.
 
 A JSONL input is streamed: dialogues are read, labeled and written a window at a time
-(:func:`rnnkit.erc.predict_records`), so memory does not grow with the input's size.
+(:func:`rnnkit.erc.predict_records`), so memory does not grow with the input's size. With ``--onnx`` an
+exported model (``rnnkit export``) labels them in onnxruntime (:func:`rnnkit.erc.predict_onnx_records`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 from rnnkit.cli._errors import CLIError
 from rnnkit.cli._output import open_output
-from rnnkit.erc import iter_file, load_runs, predict_records
+from rnnkit.erc import ONNX_WINDOW, iter_file, load_onnx, load_runs, predict_onnx_records, predict_records
 from rnnkit.erc.recipe import PREDICT_WINDOW
 
 __all__ = ["add_parser", "add_input_arguments", "run"]
@@ -29,6 +30,8 @@ EXAMPLES = """examples:
   rnnkit predict --run runs/builtin/full --input dialogues.jsonl
   rnnkit predict --run runs/meld --input test_sent_emo.csv --output predictions.jsonl
   rnnkit predict --run runs/feats --input talk.jsonl --features talk_features.npy
+  rnnkit predict --onnx model.onnx --input dialogues.jsonl
+  rnnkit predict --onnx meld.onnx --run runs/meld --input test_sent_emo.csv
 """
 
 
@@ -44,11 +47,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "after a first pass that checks the whole input, so that bad input writes nothing there either.\n"
         "An input without dialogues gives an empty output, a warning on stderr and exit status 0.\n"
         "A progress bar appears on stderr when it is a terminal and the input takes more than a few\n"
-        "seconds.",
+        "seconds.\n\n"
+        "--onnx FILE labels with a model written by 'rnnkit export', in onnxruntime: the same labels and\n"
+        "probabilities. A words or chars model needs nothing else; one that reads utterance vectors needs\n"
+        "--run, the run it was exported from, whose encoder makes them (and --features for a features run).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--run", required=True, nargs="+", metavar="RUN_DIR",
+    parser.add_argument("--run", nargs="+", metavar="RUN_DIR",
                         help="a directory written by 'rnnkit train'; several: average their class probabilities")
+    parser.add_argument("--onnx", metavar="FILE", help="an ONNX model written by 'rnnkit export', run in onnxruntime")
     add_input_arguments(parser, "dialogues to label")
     parser.add_argument("--output", metavar="FILE",
                         help="JSONL file to write, in an existing directory (default: stdout)")
@@ -67,17 +74,25 @@ def add_input_arguments(parser: argparse.ArgumentParser, help: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.run is None and args.onnx is None:
+        raise CLIError("one of --run and --onnx is required (see 'rnnkit predict --help')")
+    if args.onnx is not None and len(args.run or ()) > 1:
+        raise CLIError("--onnx takes one --run: the run the model was exported from")
     # --output is opened first: an unwritable one fails before the runs are loaded and anything is predicted.
     with contextlib.nullcontext(sys.stdout) if args.output is None else open_output(args.output) as output:
-        runs = load_runs(args.run, encoder=None if args.features is None else f"features:{args.features}")
+        runs = load_runs(args.run or [], encoder=None if args.features is None else f"features:{args.features}")
         if any(member.training_features for member in runs):
             raise CLIError(f"{' '.join(args.run)}: the run reads precomputed features; pass --features FILE with "
                            "one row per utterance of --input")
         if args.output is None and Path(args.input).is_file():
             # Lines on stdout cannot be taken back: read the input through once, for its errors alone.
             collections.deque(iter_file(args.input, args.format), maxlen=0)
-        records = predict_records(runs, iter_file(args.input, args.format),
-                                  window=None if args.features else PREDICT_WINDOW)  # features: rows for all input
+        dialogues = iter_file(args.input, args.format)  # with --features, one window: its rows are for all input
+        if args.onnx is None:
+            records = predict_records(runs, dialogues, window=None if args.features else PREDICT_WINDOW)
+        else:
+            records = predict_onnx_records(load_onnx(args.onnx, *runs), dialogues,
+                                           window=None if args.features else ONNX_WINDOW)
         written = 0
         with tqdm(unit=" utterances", file=sys.stderr, delay=PROGRESS_DELAY, disable=not sys.stderr.isatty()) as bar:
             for record in records:

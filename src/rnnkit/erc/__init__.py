@@ -11,7 +11,9 @@ Install with ``pip install "rnnkit[erc]"`` (scikit-learn, matplotlib, transforme
 - :mod:`~rnnkit.erc.recipe`: data → encoder → model → :class:`rnnkit.trainer.Trainer` → run directory (what
   ``rnnkit train`` runs), and the scoring and labeling of ``rnnkit evaluate`` and ``rnnkit predict``;
 - :mod:`~rnnkit.erc.runs`: a run directory loaded back to predict from Python;
-- :mod:`~rnnkit.erc.explain`: what a run's two RNNs carry through a dialogue (what ``rnnkit explain`` draws).
+- :mod:`~rnnkit.erc.explain`: what a run's two RNNs carry through a dialogue (what ``rnnkit explain`` draws);
+- :mod:`~rnnkit.erc.onnx_run`: a run as one ONNX model, and predictions from it in onnxruntime (``rnnkit export``,
+  ``rnnkit predict --onnx``; needs the ``onnx`` extra, imported on first use).
 """
 
 from rnnkit.erc.corpus import BUILTIN_LABELS, builtin_corpus
@@ -39,6 +41,7 @@ from rnnkit.erc.fusion import SpeakerHistoryFusion
 from rnnkit.erc.losses import class_weights, erc_loss, supervised_contrastive
 from rnnkit.erc.metrics import compute_metrics
 from rnnkit.erc.model import IGNORE_INDEX, DialogueBatch, ERCConfig, ERCModel, collate_dialogues
+from rnnkit.erc.onnx_run import ONNX_WINDOW, OnnxRun, export_run, load_onnx, predict_onnx_records
 from rnnkit.erc.recipe import ABLATIONS, RunData, evaluate_runs, load_data, predict_records, score, train_run
 from rnnkit.erc.runs import Run, RunError, load_run, load_runs, predict_probabilities
 
@@ -52,4 +55,5 @@ __all__ = [
     "ABLATIONS", "RunData", "load_data", "train_run", "score", "evaluate_runs", "predict_records",
     "Run", "RunError", "load_run", "load_runs", "predict_probabilities",
     "Explanation", "explain_dialogues", "lstm_gates", "write_explanations",
+    "export_run", "load_onnx", "OnnxRun", "predict_onnx_records", "ONNX_WINDOW",
 ]
