@@ -12,9 +12,9 @@ run and chooses nothing.
 
 ``--mode frozen`` embeds every utterance once with the frozen encoder (cached in --cache-dir, passed to
 rnnkit as $RNNKIT_CACHE) and trains the recurrent model on the vectors; ``--mode finetune`` trains the
-encoder with it (``--finetune``). Each mode has its own hyper-parameters (chosen on the dev split, see
-BENCHMARKS.md); any of them can be overridden, and a flag of one mode's preset can be given in the other
-mode too. ``--jobs N`` runs N trainings at once, each with ``OMP_NUM_THREADS = 2 // N`` (at least 1).
+encoder with it (``--finetune``). Each mode is the ``rnnkit train`` preset of that name (chosen on the dev split,
+see BENCHMARKS.md and ``rnnkit train --help``); any of its flags can be overridden, and a flag of one mode's
+preset can be given in the other mode too. ``--jobs N`` runs N trainings at once, each with ``OMP_NUM_THREADS = 2 // N`` (at least 1).
 ``--ensemble K`` also scores ensembles (the seeds in consecutive groups of K, each group's runs averaged
 by ``rnnkit evaluate --run ...``) and reports mean ± std over the groups.
 MELD is GPL-3.0 data: it is read by path, never copied.
@@ -34,30 +34,22 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from rnnkit.erc.recipe import PRESETS
+
 VARIANTS = {"full": [], "no_context": ["--no-context"], "no_speaker": ["--no-speaker"]}
-# rnnkit train flags per mode (bench flag name = rnnkit flag name), chosen on dev.
-PRESETS = {
-    "frozen": {"epochs": 10, "lr": 3e-3, "dropout": 0.3, "batch_size": 16, "weight_decay": 0.01,
-               "context_hidden": 128, "speaker_hidden": 128, "context_turns": 0, "encoder_layers": "1,2,3,4,5",
-               "class_weighting": 0.5, "ema": 0.98},
-    "finetune": {"epochs": 5, "lr": 1e-3, "encoder_lr": 5e-5, "warmup": 0.1, "schedule": "linear",
-                 "dropout": 0.3, "batch_size": 8, "token_budget": 2048, "weight_decay": 0.01,
-                 "context_hidden": 128, "speaker_hidden": 128, "context_turns": 0,
-                 "class_weighting": 0.5, "label_smoothing": 0.0, "encoder_lr_decay": 1.0,
-                 "contrastive": 0.0, "ema": 0.0},
-}
-FLAGS = sorted({name for preset in PRESETS.values() for name in preset})  # any of them can be given in either mode
+MODES = ("frozen", "finetune")  # rnnkit train presets
+FLAGS = sorted({name for mode in MODES for name in PRESETS[mode]()})  # any of them can be given in either mode
 SWITCHES = ("speaker_in_text",)  # flags without a value, off unless given
 
 
 def command(args, variant: str, seed: int, out: Path) -> list[str]:
-    settings = PRESETS[args.mode] | {k: v for k, v in vars(args).items() if k in FLAGS and v is not None}
+    settings = {k: v for k, v in vars(args).items() if k in FLAGS and v is not None}
     flags = [item for name, value in settings.items() for item in (f"--{name.replace('_', '-')}", str(value))]
     flags += [f"--{name.replace('_', '-')}" for name in SWITCHES if getattr(args, name)]
     if args.mode == "finetune":
         flags.append("--finetune")
     return [sys.executable, "-m", "rnnkit.cli", "train", "--data", args.data, "--encoder", "minilm", "--out", str(out),
-            "--seed", str(seed), *flags, *VARIANTS[variant], "--quiet"]
+            "--preset", args.mode, "--seed", str(seed), *flags, *VARIANTS[variant], "--quiet"]
 
 
 def train_all(args, runs: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[dict, dict]]:
@@ -141,7 +133,7 @@ def mean_std(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=list(PRESETS), default="frozen")
+    parser.add_argument("--mode", choices=MODES, default="frozen")
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "meld"),
                         help="MELD directory with {train,dev,test}_sent_emo.csv (default: ../shared/data/meld)")
     parser.add_argument("--runs-dir", default="runs/meld-bench", help="where the run directories go")
@@ -150,11 +142,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--jobs", type=int, default=1, help="trainings at once (default: 1)")
+    presets = {mode: PRESETS[mode]() for mode in MODES}
     for name in FLAGS:
-        kind = type(PRESETS["finetune"].get(name, PRESETS["frozen"].get(name)))
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind,
-                            help="rnnkit train flag (default: " + ", ".join(
-                                f"{mode} {preset[name]}" for mode, preset in PRESETS.items() if name in preset) + ")")
+        value = next(preset[name] for preset in presets.values() if name in preset)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=str if isinstance(value, tuple) else type(value),
+                            help="rnnkit train flag (default: the preset's: " + ", ".join(
+                                f"{mode} {preset[name]}" for mode, preset in presets.items() if name in preset) + ")")
     for name in SWITCHES:
         parser.add_argument(f"--{name.replace('_', '-')}", action="store_true", help="rnnkit train flag")
     parser.add_argument("--ensemble", type=int, metavar="K",

@@ -1,9 +1,9 @@
 """``rnnkit train``: train a speaker-aware ERC model (or the ablation trio) into a run directory.
 
 Every model flag sets the ERCConfig field of the same name and every optimisation flag the
-TrainerConfig field; a flag left out keeps the dataclass default. ``--resume`` takes all settings from
-the run's config.json (only --epochs, --device and --quiet may be given) and continues from the last
-checkpoint. Under ``torchrun`` the processes share the training dialogues, ``--batch-size`` being the global
+TrainerConfig field; a flag left out keeps the preset's value, else the dataclass default. ``--resume`` takes all
+settings from the run's config.json (only --epochs, --patience, --device and --quiet may be given) and continues
+from the last checkpoint. Under ``torchrun`` the processes share the training dialogues, ``--batch-size`` being the global
 batch; rank 0 writes every file and reports errors, once.
 ``--finetune`` trains a transformer encoder with the model, at its own ``--encoder-lr`` (the model's
 parameter groups), and the run's model.safetensors then holds the fine-tuned encoder; ``--token-budget``
@@ -110,9 +110,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train", help="train a model into a run directory",
         description="Train a speaker-aware ERC model (or the ablation trio) into a run directory.\n"
-        "Model flags set the ERCConfig field of the same name, training flags the TrainerConfig field;\n"
-        "a flag left out keeps the default. --resume takes every setting from the run's config.json.",
-        epilog=_presets_help() + "\n" + EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS,
+        "Model flags set the ERCConfig field of the same name, training flags the TrainerConfig field; a flag\n"
+        "left out keeps the preset's value (presets below), else the default. --resume takes all from config.json.",
+        epilog=_presets_help() + "\n" + EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
     )
     data = parser.add_argument_group("data")
     data.add_argument("--data", metavar="DIR", help="dataset directory (default: the built-in synthetic corpus)")
