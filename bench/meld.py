@@ -38,7 +38,8 @@ from rnnkit.erc.recipe import PRESETS
 
 VARIANTS = {"full": [], "no_context": ["--no-context"], "no_speaker": ["--no-speaker"]}
 MODES = ("frozen", "finetune")  # rnnkit train presets
-FLAGS = sorted({name for mode in MODES for name in PRESETS[mode]()})  # any of them can be given in either mode
+# Any of the presets' valued flags can be given in either mode (a switch such as --finetune comes with its mode).
+FLAGS = sorted({name for mode in MODES for name, value in PRESETS[mode]().items() if not isinstance(value, bool)})
 SWITCHES = ("speaker_in_text",)  # flags without a value, off unless given
 
 
@@ -46,8 +47,6 @@ def command(args, variant: str, seed: int, out: Path) -> list[str]:
     settings = {k: v for k, v in vars(args).items() if k in FLAGS and v is not None}
     flags = [item for name, value in settings.items() for item in (f"--{name.replace('_', '-')}", str(value))]
     flags += [f"--{name.replace('_', '-')}" for name in SWITCHES if getattr(args, name)]
-    if args.mode == "finetune":
-        flags.append("--finetune")
     return [sys.executable, "-m", "rnnkit.cli", "train", "--data", args.data, "--encoder", "minilm", "--out", str(out),
             "--preset", args.mode, "--seed", str(seed), *flags, *VARIANTS[variant], "--quiet"]
 

@@ -272,8 +272,18 @@ def test_help_lists_every_preset_with_its_values(capsys):
 
 
 def _flags(settings: dict) -> str:
-    return " ".join(f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
-                    for k, v in settings.items())
+    """The flags that a preset's settings stand for, as --help and the run print them."""
+    def flag(name, value):
+        typed = "" if value is True else " " + (",".join(map(str, value)) if isinstance(value, tuple) else str(value))
+        return f"--{name.replace('_', '-')}{typed}"
+
+    return " ".join(flag(k, v) for k, v in settings.items())
+
+
+def test_the_finetune_preset_finetunes(tmp_path, capsys):
+    assert _train(tmp_path / "run", "--preset", "finetune") == 2
+    assert "ERCConfig.finetune needs a transformer encoder ('minilm' or a local model directory), got encoder 'words'" \
+        in _error_line(capsys)
 
 
 def test_ablation_trains_three_variants_and_prints_a_table(tmp_path, capsys):

@@ -71,9 +71,11 @@ def _default(cls, name: str):
 
 
 def _flag_text(name: str, value) -> str:
-    """``--name value`` as it is typed (a tuple of layers as K,K,...)."""
-    text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-    return f"--{name.replace('_', '-')} {text}"
+    """``--name value`` as it is typed (a tuple of layers as K,K,...; a switch alone)."""
+    flag = f"--{name.replace('_', '-')}"
+    if isinstance(value, bool):
+        return flag
+    return f"{flag} {','.join(map(str, value)) if isinstance(value, tuple) else value}"
 
 
 def _preset_flags(settings: dict) -> str:
@@ -276,7 +278,8 @@ def _plan(out: Path, variants, given, info: DistInfo) -> tuple[RunData, list[_Pl
     else:
         data, plans = _fresh_plans(out, variants, given)
         preset = plans[0].preset
-        overridden = [f"--{name.replace('_', '-')}" for name in PRESETS[preset]() if name in given]
+        overridden = [f"--{name.replace('_', '-')}" for name, value in PRESETS[preset]().items()
+                      if given.get(name, value) != value]
         line = (f"preset {preset}: {_preset_flags(PRESETS[preset]())}"
                 + (f" (given instead: {' '.join(overridden)})" if overridden else ""))
     try:
