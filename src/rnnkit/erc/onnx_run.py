@@ -55,7 +55,7 @@ from torch import nn
 from rnnkit.erc.encoders import TokenEncoder, UtteranceEncoder
 from rnnkit.erc.model import DialogueBatch, ERCModel, collate_dialogues
 from rnnkit.erc.records import Dialogue
-from rnnkit.erc.runs import EVAL_BATCH_SIZE, Run, RunError, load_run
+from rnnkit.erc.runs import EVAL_BATCH_SIZE, Run, RunError, load_run, prediction_records
 from rnnkit.vocab import Vocab
 
 __all__ = ["export_run", "load_onnx", "OnnxRun", "predict_onnx_records", "ONNX_WINDOW"]
@@ -277,11 +277,4 @@ def predict_onnx_records(model: OnnxRun, dialogues: Iterable[Dialogue], *,
     needs (its file holds rows for all of them)."""
     dialogues = iter(dialogues)
     while chunk := list(islice(dialogues, window)):
-        for dialogue, probs in zip(chunk, model.probabilities(chunk)):
-            for index, (utterance, p) in enumerate(zip(dialogue.utterances, probs.tolist())):
-                record = {"dialogue": dialogue.id, "index": index, "speaker": utterance.speaker,
-                          "text": utterance.text, "prediction": model.labels[max(range(len(p)), key=p.__getitem__)],
-                          "probabilities": dict(zip(model.labels, p))}
-                if utterance.label is not None:
-                    record["label"] = utterance.label
-                yield record
+        yield from prediction_records(chunk, model.probabilities(chunk), model.labels)

@@ -45,7 +45,16 @@ from rnnkit.erc.losses import class_weights, erc_loss
 from rnnkit.erc.metrics import compute_metrics
 from rnnkit.erc.model import ERCConfig, ERCModel, collate_dialogues
 from rnnkit.erc.plots import class_curves_png, class_scores_png, confusion_png, curves_png
-from rnnkit.erc.runs import CONFIG_FILE, EVAL_BATCH_SIZE, Run, RunError, predict_probabilities, seal_run, write_json
+from rnnkit.erc.runs import (
+    CONFIG_FILE,
+    EVAL_BATCH_SIZE,
+    Run,
+    RunError,
+    predict_probabilities,
+    prediction_records,
+    seal_run,
+    write_json,
+)
 from rnnkit.trainer import (
     CHECKPOINT_DIR,
     STATE_FILE,
@@ -307,18 +316,12 @@ def predict_records(runs: Sequence[Run], dialogues: Iterable[Dialogue], *,
     that the numbers are those of one call on all of them), and memory holds one window, whatever the input's
     size. ``window=None`` takes them all at once, as a features encoder needs: its file holds rows for all of them.
     """
-    labels = runs[0].labels
     for chunk in _windows(dialogues, window):
         for member in runs:
             member.model.encoder.prepare(chunk)
-        for dialogue, probs in zip(chunk, predict_probabilities([member.model for member in runs], chunk)):
-            for index, (utterance, p) in enumerate(zip(dialogue.utterances, probs.tolist())):
-                record = {"dialogue": dialogue.id, "index": index, "speaker": utterance.speaker,
-                          "text": utterance.text, "prediction": labels[max(range(len(p)), key=p.__getitem__)],
-                          "probabilities": dict(zip(labels, p))}
-                if utterance.label is not None:
-                    record["label"] = utterance.label
-                yield record
+        yield from prediction_records(chunk, predict_probabilities([member.model for member in runs], chunk),
+                                      runs[0].labels)
+
 
 
 def _windows(dialogues: Iterable[Dialogue], utterances: int | None) -> Iterator[list[Dialogue]]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +38,7 @@ from rnnkit.erc.records import Dialogue
 from rnnkit.trainer import WEIGHTS_FILE, atomic_write_bytes, load_weights
 
 __all__ = ["CONFIG_FILE", "EVAL_BATCH_SIZE", "RunError", "Run", "read_json", "json_text", "write_json", "seal_run",
-           "load_run", "load_runs", "predict_probabilities"]
+           "load_run", "load_runs", "predict_probabilities", "prediction_records"]
 
 CONFIG_FILE = "config.json"
 # The config.json field that holds the sha256 digests of the labels and the weights (see seal_run).
@@ -199,3 +199,18 @@ def _probabilities(model: ERCModel, dialogues: list[Dialogue]) -> list[torch.Ten
         out.extend(p[: len(d.utterances)] for p, d in zip(probs, chunk))
     model.train(was_training)
     return out
+
+
+def prediction_records(dialogues: Sequence[Dialogue], probabilities, labels: Sequence[str]) -> Iterator[dict]:
+    """One record per utterance of ``dialogues`` given their ``probabilities`` (one (U, L) tensor or array per
+    dialogue, L = len(``labels``)), whatever computed them: dialogue id, index, speaker, text, predicted label,
+    every label's probability, and the gold label when there is one (what :func:`rnnkit.erc.predict_records`
+    and ``rnnkit predict`` write)."""
+    for dialogue, probs in zip(dialogues, probabilities):
+        for index, (utterance, p) in enumerate(zip(dialogue.utterances, probs.tolist())):
+            record = {"dialogue": dialogue.id, "index": index, "speaker": utterance.speaker,
+                      "text": utterance.text, "prediction": labels[max(range(len(p)), key=p.__getitem__)],
+                      "probabilities": dict(zip(labels, p))}
+            if utterance.label is not None:
+                record["label"] = utterance.label
+            yield record
