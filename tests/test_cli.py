@@ -588,3 +588,11 @@ def test_a_diverged_training_is_a_one_line_error(tmp_path, capsys):
 def test_ablation_rejects_a_variant_flag(tmp_path, capsys):
     assert main(["train", "--ablation", "--no-speaker", "--out", str(tmp_path / "x")]) == 2
     assert "--ablation trains the no-context and no-speaker variants itself" in _error_line(capsys)
+
+
+def test_a_transformer_directory_without_a_readable_depth_is_one_line(tmp_path, capsys):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    assert main(["train", "--encoder", str(tmp_path / "model"), "--out", str(tmp_path / "run"), "--limit", "4"]) == 2
+    assert "num_hidden_layers" in _error_line(capsys)
+    assert not (tmp_path / "run").exists()

@@ -8,6 +8,7 @@ import pytest
 
 from rnnkit.cli import main
 from rnnkit.erc import DataError, ERCConfig, evaluate_runs, load_data, load_run, predict_records, train_run
+from rnnkit.erc.recipe import PRESETS, preset_settings
 from rnnkit.trainer import TrainerConfig
 
 SMALL_MODEL = {"embedding_dim": 8, "encoder_hidden": 8, "context_hidden": 8, "speaker_hidden": 8}
@@ -46,3 +47,15 @@ def test_train_run_writes_what_the_command_line_writes(tmp_path):
     assert [(r["dialogue"], r["index"]) for r in records] == [(d.id, k) for d in dialogues
                                                               for k in range(len(d.utterances))]
     assert [r["prediction"] for r in records] == [label for labels in run.predict(dialogues) for label in labels]
+
+
+def test_the_frozen_preset_averages_all_but_the_last_layer_of_the_encoder(tmp_path):
+    model_dir = tmp_path / "mpnet"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({"num_hidden_layers": 12}))
+    assert preset_settings("frozen", str(model_dir))["encoder_layers"] == tuple(range(1, 12))
+    assert preset_settings("frozen", "minilm")["encoder_layers"] == (1, 2, 3, 4, 5)
+    assert preset_settings("tokens", "words") == PRESETS["tokens"]()
+    (model_dir / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="num_hidden_layers"):
+        preset_settings("frozen", str(model_dir))

@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from rnnkit.cli._errors import CLIError
 from rnnkit.erc import ABLATIONS, FORMATS, DataError, ERCConfig, RunData, RunError, load_data, metric_name, train_run
-from rnnkit.erc.recipe import PRESETS, preset_for
+from rnnkit.erc.recipe import PRESETS, preset_for, preset_settings
 from rnnkit.erc.runs import CONFIG_FILE, read_json
 from rnnkit.trainer import (
     CHECKPOINT_DIR,
@@ -84,7 +84,8 @@ def _preset_flags(settings: dict) -> str:
 
 def _presets_help() -> str:
     """The presets' section of --help, generated from the builder functions: each one's purpose and values."""
-    lines = ["presets (--preset NAME; default: by --encoder and --finetune; the flags given override them):"]
+    lines = ["presets (--preset NAME; default: by --encoder and --finetune; the flags given override them;",
+             "frozen's --encoder-layers are 1 to L-1 of an L-layer transformer, shown for MiniLM's 6):"]
     for name, build in PRESETS.items():
         lines.append(f"  {name:<9} {build.__doc__.split(': ')[0]}")  # each docstring opens "what for: why"
         lines.append(textwrap.fill(_preset_flags(build()), 110, initial_indent=" " * 12, subsequent_indent=" " * 12,
@@ -277,10 +278,10 @@ def _plan(out: Path, variants, given, info: DistInfo) -> tuple[RunData, list[_Pl
         line = f"resuming {out} (preset {preset})" if preset else f"resuming {out}"
     else:
         data, plans = _fresh_plans(out, variants, given)
-        preset = plans[0].preset
-        overridden = [f"--{name.replace('_', '-')}" for name, value in PRESETS[preset]().items()
+        preset, settings = plans[0].preset, preset_settings(plans[0].preset, plans[0].model.encoder)
+        overridden = [f"--{name.replace('_', '-')}" for name, value in settings.items()
                       if given.get(name, value) != value]
-        line = (f"preset {preset}: {_preset_flags(PRESETS[preset]())}"
+        line = (f"preset {preset}: {_preset_flags(settings)}"
                 + (f" (given instead: {' '.join(overridden)})" if overridden else ""))
     try:
         resolve_device(plans[0].trainer.device, info.local_rank)
@@ -317,9 +318,12 @@ def _fresh_plans(out: Path, variants, given) -> tuple[RunData, list[_Plan]]:
         if (directory / CONFIG_FILE).exists() or (directory / CHECKPOINT_DIR).exists():
             raise CLIError(f"{directory}: already holds a run; pass --resume to continue it or choose another --out")
     data = _read_data(given.get("data"), given.get("format"), given.get("limit"))
-    preset = given.get("preset") or preset_for(given.get("encoder", _default(ERCConfig, "encoder")),
-                                               given.get("finetune", False))
-    settings = PRESETS[preset]() | given
+    encoder = given.get("encoder", _default(ERCConfig, "encoder"))
+    preset = given.get("preset") or preset_for(encoder, given.get("finetune", False))
+    try:
+        settings = preset_settings(preset, encoder) | given
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     trainer = _config(TrainerConfig, {k: settings[k] for k in _TRAINER_FLAGS + ("quiet",) if k in settings})
     fields = {k: settings[k] for k in _MODEL_FLAGS + ("use_context", "use_speaker") if k in settings}
     plans = []

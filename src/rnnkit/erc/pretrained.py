@@ -33,7 +33,7 @@ from torch import nn
 from rnnkit.erc._encoder_base import PassThroughEncoder, UtteranceEncoder, grid, scatter
 from rnnkit.trainer import atomic_write_bytes
 
-__all__ = ["TransformerEncoder", "TrainableTransformerEncoder", "resolve_model_dir", "default_cache_dir"]
+__all__ = ["TransformerEncoder", "TrainableTransformerEncoder", "resolve_model_dir", "model_depth", "default_cache_dir"]
 
 
 def default_cache_dir() -> Path:
@@ -53,6 +53,18 @@ def resolve_model_dir(name: str) -> Path:
     if not (path / "config.json").is_file():
         raise ValueError(f"encoder {name!r} is not a Hugging Face model directory (no {path / 'config.json'})")
     return path
+
+
+def model_depth(name: str) -> int:
+    """The number of transformer layers of ``"minilm"`` or a model directory (its config's ``num_hidden_layers``)."""
+    path = resolve_model_dir(name) / "config.json"
+    try:
+        depth = json.loads(path.read_text(encoding="utf-8"))["num_hidden_layers"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: cannot read num_hidden_layers ({err})") from None
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        raise ValueError(f"{path}: num_hidden_layers must be a positive integer, got {depth!r}")
+    return depth
 
 
 def _text_key(text: str, context: str | None = None, max_tokens: int | None = None) -> bytes:

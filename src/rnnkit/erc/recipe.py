@@ -45,6 +45,7 @@ from rnnkit.erc.losses import class_weights, erc_loss
 from rnnkit.erc.metrics import compute_metrics
 from rnnkit.erc.model import ERCConfig, ERCModel, collate_dialogues
 from rnnkit.erc.plots import class_curves_png, class_scores_png, confusion_png, curves_png
+from rnnkit.erc.pretrained import model_depth
 from rnnkit.erc.runs import (
     CONFIG_FILE,
     EVAL_BATCH_SIZE,
@@ -67,7 +68,7 @@ from rnnkit.trainer import (
 from rnnkit.trainer.files import remove_temporaries
 
 __all__ = [
-    "PRESETS", "preset_for", "tokens_preset", "features_preset", "frozen_preset", "finetune_preset",
+    "PRESETS", "preset_for", "preset_settings", "tokens_preset", "features_preset", "frozen_preset", "finetune_preset",
     "ABLATIONS", "METRICS_FILE", "CONFUSION_PNG", "CURVES_PNG", "CLASS_SCORES_PNG", "CLASS_CURVES_PNG", "CLASS_F1",
     "RunData", "load_data", "train_run", "score",
     "evaluate_runs", "predict_records", "PREDICT_WINDOW",
@@ -86,6 +87,8 @@ CLASS_F1 = "f1/{}"
 PREDICT_WINDOW = 4096
 
 
+MINILM_DEPTH = 6  # transformer layers of all-MiniLM-L6-v2, the packaged encoder
+
 # -- presets: the measured settings per encoder kind (see BENCHMARKS.md), as ERCConfig and TrainerConfig fields ----
 
 def tokens_preset() -> dict[str, Any]:
@@ -103,10 +106,12 @@ def features_preset() -> dict[str, Any]:
             "ema": 0.98}
 
 
-def frozen_preset() -> dict[str, Any]:
-    """minilm or a model directory, frozen: the features preset on the mean of transformer layers 1-5, which
-    keeps more of the wording that shows emotion than a sentence-similarity model's last layer."""
-    return features_preset() | {"encoder_layers": (1, 2, 3, 4, 5)}
+def frozen_preset(depth: int = MINILM_DEPTH) -> dict[str, Any]:
+    """minilm or a model directory, frozen: the features preset on the mean of transformer layers 1 to
+    ``depth`` - 1 (all but the last of the model's ``depth`` layers), which keeps more of the wording that shows
+    emotion than a sentence-similarity model's last layer. On MELD's dev split this beat the sentence vector
+    for MiniLM (layers 1-5 of 6) and for all-mpnet-base-v2 (layers 1-11 of 12, level with 1-6; see BENCHMARKS.md)."""
+    return features_preset() | {"encoder_layers": tuple(range(1, depth))}
 
 
 def finetune_preset() -> dict[str, Any]:
@@ -119,6 +124,14 @@ def finetune_preset() -> dict[str, Any]:
 
 PRESETS: dict[str, Callable[[], dict[str, Any]]] = {
     "tokens": tokens_preset, "features": features_preset, "frozen": frozen_preset, "finetune": finetune_preset}
+
+
+def preset_settings(name: str, encoder: str) -> dict[str, Any]:
+    """The settings of preset ``name`` for ``encoder`` (an ``ERCConfig.encoder``): the frozen preset's layers
+    follow the depth of a transformer encoder; ``ValueError`` for a model directory whose depth cannot be read."""
+    if name == "frozen" and encoder not in ("words", "chars") and not encoder.startswith("features:"):
+        return frozen_preset(model_depth(encoder))
+    return PRESETS[name]()
 
 
 def preset_for(encoder: str, finetune: bool = False) -> str:
