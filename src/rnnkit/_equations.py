@@ -181,12 +181,6 @@ _RECURRENCES = {
 }
 
 
-def _zero_state(kind: Kind, x: torch.Tensor, w_hh: torch.Tensor, dirs: int, B: int) -> tuple[torch.Tensor, ...]:
-    """The kind's zero state, each (dirs, B, ·); w_hh (G*H, H_out) gives the sizes."""
-    H, H_out = w_hh.shape[0] // kind.num_gates, w_hh.shape[1]
-    return kind.zero_state(x, dirs, B, hidden_size=H, proj_size=0 if H_out == H else H_out)
-
-
 class _TwiceDifferentiable(torch.autograd.Function):
     """One layer on the fast path, whose backward is the hand-written one, unless the backward is itself being
     recorded (``create_graph=True``, e.g. a gradient penalty): then the layer is recomputed with the reference
@@ -267,7 +261,7 @@ def run_packed(mode, x, packing, hx, weights, *, has_biases):
     if mode not in _RECURRENCES:
         raise ValueError(f"mode must be one of {sorted(_RECURRENCES)}, got {mode!r}")
     recurrence, dirs = _RECURRENCES[mode], len(weights)
-    state = _zero_state(recurrence.kind, x, weights[0][1], dirs, packing.B) if hx is None else hx
+    state = recurrence.kind.zero_state_for(weights[0][1], dirs, packing.B) if hx is None else hx
     tensors = [x, *state, *(w for direction in weights for w in direction)]
     if recurrence.fast is None or transformed(tensors):
         out, *finals = recurrence.reference(x, packing, state, weights, has_biases)

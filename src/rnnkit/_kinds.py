@@ -56,6 +56,11 @@ class Kind:
         """Zero states shaped ``(*leading, size)`` for each of :meth:`state_sizes`, on ``like``'s device and dtype."""
         return tuple(like.new_zeros(*leading, size) for size in self.state_sizes(hidden_size, proj_size))
 
+    def zero_state_for(self, w_hh: torch.Tensor, *leading: int) -> tuple[torch.Tensor, ...]:
+        """:meth:`zero_state` with the sizes read off a layer's ``w_hh`` (G, H_out), on its device and dtype."""
+        H, H_out = w_hh.shape[0] // self.num_gates, w_hh.shape[1]
+        return self.zero_state(w_hh, *leading, hidden_size=H, proj_size=H_out)
+
     def extra_shapes(self, hidden_size: int) -> dict[str, tuple[int]]:
         """``{name: shape}`` of the :attr:`extra` parameters."""
         rows = {"G": self.num_gates * hidden_size, "H": hidden_size}

@@ -88,12 +88,6 @@ def _fused(kind, inputs, hx, params, *, has_biases, num_layers=1, dropout=0.0, t
     return output, tuple(states)
 
 
-def _zero_state(kind, x, w_hh, num_states, B):
-    """Zero ``hx`` for ``num_states`` (layers x directions) states of B sequences: ``(h0,)`` or ``(h0, c0)``."""
-    H, H_out = w_hh.shape[0] // kind.num_gates, w_hh.shape[1]  # w_hh: (G*H, H_out)
-    return kind.zero_state(x, num_states, B, hidden_size=H, proj_size=H_out)
-
-
 def _with_flag_column(kind, w_ih):
     """``w_ih`` (G*H, D) -> (G*H, D + 1), the last column saturating the kind's flag gates at padding steps."""
     H = w_ih.shape[0] // kind.num_gates
@@ -179,7 +173,7 @@ def _run_chunked(kind, x, lengths, hx, weights, has_biases, bounds):
     unsort = torch.argsort(order)
     x_sorted, sorted_lengths = permute(x, 1, order, unsort), lengths[order]
     if hx is None:
-        hx = _zero_state(kind, x, weights[0][1], len(weights), x.shape[1])
+        hx = kind.zero_state_for(weights[0][1], len(weights), x.shape[1])
     hx = tuple(permute(s, 1, order, unsort) for s in hx)
     active = [int((sorted_lengths > t).sum()) for t in bounds]  # sequences running at each boundary, a prefix
     rows = _chunk_rows(bounds, active, sorted_lengths, T)[:, unsort]  # (T, B) in batch order
@@ -248,7 +242,7 @@ def run_stack(kind, x, hx, flat_weights, *, has_biases, num_layers, dropout, tra
     """
     _check_native(kind)
     if hx is None:
-        hx = _zero_state(kind, x, flat_weights[1], num_layers * (2 if bidirectional else 1), x.shape[1])
+        hx = kind.zero_state_for(flat_weights[1], num_layers * (2 if bidirectional else 1), x.shape[1])
     return _fused(kind, (x,), hx, flat_weights, has_biases=has_biases, num_layers=num_layers, dropout=dropout,
                   training=training, bidirectional=bidirectional)
 
@@ -265,7 +259,7 @@ def run_packed(kind, x, packing: Packing, hx, flat_weights, *, has_biases, num_l
     _check_native(kind)
     dirs = 2 if bidirectional else 1
     if hx is None:
-        hx = _zero_state(kind, x, flat_weights[1], num_layers * dirs, packing.B)
+        hx = kind.zero_state_for(flat_weights[1], num_layers * dirs, packing.B)
     hx = tuple(packing.sort(s) for s in hx)
     n = packing.batch_sizes[0] if packing.batch_sizes else 0  # sequences with at least one step
     if n == 0:
