@@ -11,11 +11,13 @@ Letters: H hidden units, H_out = proj_size or H, G = num_gates * H gate rows.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
 import torch
+from torch import nn
 
 from ._steps import gru_step, layernorm_lstm_step, lstm_step, rnn_step
 
@@ -67,8 +69,19 @@ class Kind:
         return {name: (rows[size],) for name, size, _ in self.extra}
 
     def extra_init(self, name: str) -> float:
-        """The constant an :attr:`extra` parameter (named without its layer suffix) starts from."""
-        return next(init for extra, _, init in self.extra if extra == name)
+        """The constant an :attr:`extra` parameter starts from; ``name`` with or without a layer's suffix
+        (``ln_c_bias`` or ``ln_c_bias_l1_reverse``)."""
+        return next(init for extra, _, init in self.extra if name == extra or name.startswith(f"{extra}_l"))
+
+    def reset_parameters(self, parameters, hidden_size: int) -> None:
+        """Initialise ``(name, parameter)`` pairs as torch does: weights and biases ~ U(-1/sqrt(H), 1/sqrt(H)),
+        the :attr:`extra` parameters (layer-norm gains 1, shifts 0) their constant. Shared by cells and layers."""
+        bound = 1.0 / math.sqrt(hidden_size)
+        for name, weight in parameters:
+            if name.startswith("ln_"):
+                nn.init.constant_(weight, self.extra_init(name))
+            else:
+                nn.init.uniform_(weight, -bound, bound)
 
 
 _LAYER_NORMS = tuple((f"ln_{part}_{kind}", rows, init) for part, rows in (("ih", "G"), ("hh", "G"), ("c", "H"))

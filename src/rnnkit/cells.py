@@ -11,8 +11,6 @@ Letters: B batch, D input features, H hidden units, G = gates * H.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -88,12 +86,7 @@ class _CellBase(nn.Module):
 
     def reset_parameters(self) -> None:
         """Weights and biases ~ U(-1/sqrt(H), 1/sqrt(H)) as in torch; layer-norm gains 1, shifts 0."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for name, weight in self.named_parameters():
-            if name.startswith("ln_"):
-                nn.init.constant_(weight, self._kind.extra_init(name))
-            else:
-                nn.init.uniform_(weight, -bound, bound)
+        self._kind.reset_parameters(self.named_parameters(), self.hidden_size)
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias is True else f", bias={self.bias}")

@@ -23,7 +23,6 @@ Shapes: T time steps, B batch, D input features (``input_size``), H hidden units
 
 from __future__ import annotations
 
-import math
 import numbers
 import warnings
 
@@ -140,12 +139,7 @@ class _RNNBase(nn.Module):
 
     def reset_parameters(self) -> None:
         """Weights and biases ~ U(-1/sqrt(H), 1/sqrt(H)) as in torch; layer-norm gains 1, shifts 0."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for name, weight in self.named_parameters():
-            if name.startswith("ln_"):
-                nn.init.constant_(weight, self._kind.extra_init(name.rsplit("_l", 1)[0]))
-            else:
-                nn.init.uniform_(weight, -bound, bound)
+        self._kind.reset_parameters(self.named_parameters(), self.hidden_size)
 
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}"
